@@ -123,7 +123,9 @@ def extract_state_dict(
         state, fmt = content["net"], "published RMN"
         meta = {k: v for k, v in content.items() if k != "net" and not isinstance(v, Tensor)}
     elif isinstance(content, dict) and isinstance(content.get("state_dict"), dict):
-        state, fmt = content["state_dict"], "Lightning"
+        # The network's tensors, without the module's own (metric states and the like).
+        state = {k: v for k, v in content["state_dict"].items() if k.startswith("net.")}
+        state, fmt = state or content["state_dict"], "Lightning"
         hyper = content.get("hyper_parameters")
         meta = dict(hyper) if isinstance(hyper, dict) else {}
     elif (

@@ -8,7 +8,7 @@ outputs of their members with equal weights, as the paper's 7-model ensemble did
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,12 @@ def autocast_for(
     return contextlib.nullcontext()
 
 
+def tta_probabilities(forward: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """Mean softmax of ``forward`` over the 10 test-time augmentation views of ``x``: (N, C)."""
+    views = tta_views(x)  # (V, N, 3, S, S)
+    return torch.stack([torch.softmax(forward(view).float(), dim=1) for view in views]).mean(0)
+
+
 @torch.no_grad()
 def predict(
     net: nn.Module,
@@ -64,9 +70,7 @@ def predict(
         with autocast_for(precision, device):
             probs.append(torch.softmax(net(x).float(), dim=1).cpu())
             if tta:
-                views = tta_views(x)
-                view_probs = [torch.softmax(net(v).float(), dim=1) for v in views]
-                probs_tta.append(torch.stack(view_probs).mean(0).cpu())
+                probs_tta.append(tta_probabilities(net, x).cpu())
         labels.append(y.cpu())
     return Predictions(
         probs=torch.cat(probs),

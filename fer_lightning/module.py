@@ -24,7 +24,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from fer_lightning.data.device_transforms import tta_views
+from fer_lightning.evaluation import tta_probabilities
 from fer_lightning.labels import NUM_CLASSES
 from fer_lightning.models import create_model
 
@@ -219,13 +219,7 @@ class FERClassifier(pl.LightningModule):
         self.test_loss(self._loss(logits, y, weighted=False))
         self.test_metrics.update(logits, y)
         if self.hparams.tta:
-            self.test_tta_metrics.update(self.tta_probabilities(x), y)
-
-    def tta_probabilities(self, x: Tensor) -> Tensor:
-        """Mean softmax over the test-time augmentation views of ``x``: (N, num_classes)."""
-        views = tta_views(x)  # (V, N, 3, S, S)
-        probs = torch.stack([torch.softmax(self(view).float(), dim=1) for view in views])
-        return probs.mean(dim=0)
+            self.test_tta_metrics.update(tta_probabilities(self, x), y)
 
     def on_test_epoch_end(self) -> None:
         values = self.test_metrics.compute()

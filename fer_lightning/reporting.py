@@ -94,6 +94,7 @@ def write_run_report(
     run_dir: Path, results: dict[str, Any], history: Sequence[dict[str, float]]
 ) -> list[Path]:
     """results.json plus the figures a test produced; returns the files written."""
+    run_dir.mkdir(parents=True, exist_ok=True)
     written = [write_json(run_dir / "results.json", results)]
     if "test/confusion_matrix" in results:
         written.append(

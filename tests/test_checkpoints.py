@@ -171,3 +171,22 @@ def test_imagenet_uses_the_hub_cache_when_present(tmp_path, monkeypatch):
     torch.save(create_model("resnet18", num_classes=1000).state_dict(), cached)
     model = create_model("resnet18", pretrained_backbone="imagenet")
     assert model.backbone_report.source == str(cached)
+
+
+def test_interrupted_checkpoint_save_leaves_the_previous_file_whole(tmp_path, monkeypatch):
+    from fer_lightning.checkpoints import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"epoch": 1, "w": torch.ones(3)}, path)
+
+    def dies_half_way(obj, file):
+        file.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt  # the process is stopped mid-write
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"epoch": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]

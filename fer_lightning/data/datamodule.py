@@ -1,0 +1,280 @@
+"""The LightningDataModule: FER2013 (+ FACES + JAFFE) or the synthetic set, from ``data.root``.
+
+Batches leave the DataLoader as ``(faces (N, 48, 48) uint8, labels (N,) int64)``: all per-pixel
+CPU work (the albumentations pipeline, training only) happens at 48x48. Once the batch is on the
+device, :meth:`FERDataModule.on_after_batch_transfer` makes the model input, (N, 3, S, S) float
+in [0, 1], with one batched interpolation (:func:`to_model_input`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from fer_lightning.data.augment import build_augment
+from fer_lightning.data.csv_reader import ON_BAD_ROW
+from fer_lightning.data.dataset import FaceDataset, collate_batch
+from fer_lightning.data.device_transforms import to_model_input
+from fer_lightning.data.errors import DatasetError, DatasetNotFoundError
+from fer_lightning.data.sources import SplitRef, find_csv_files, load_splits
+from fer_lightning.data.synthetic import generate_synthetic_csv
+from fer_lightning.labels import EMOTIONS, NUM_CLASSES
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("fer2013", "fer2013_faces_jaffe", "synthetic")
+SYNTHETIC_DEFAULTS = {"train_per_class": 250, "val_per_class": 60, "test_per_class": 60, "seed": 0}
+
+# How to obtain each dataset, for the message when it is missing.
+WHERE_TO_GET = {
+    "fer2013": (
+        "FER2013 comes from Kaggle: 'Challenges in Representation Learning: Facial Expression "
+        "Recognition Challenge' (fer2013.csv, or icml_face_data.csv). Put it there"
+    ),
+    "faces": (
+        "FACES (Max Planck Institute, https://faces.mpdl.mpg.de, on request): convert the JPEGs "
+        "with `python -m fer_lightning.data prepare faces SRC {path}/faces.csv`"
+    ),
+    "jaffe": (
+        "JAFFE (https://zenodo.org/record/3451524): convert the TIFFs with "
+        "`python -m fer_lightning.data prepare jaffe SRC {path}/jaffe.csv`"
+    ),
+}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, DictConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+class FERDataModule(pl.LightningDataModule):
+    """Train / val / test loaders of 48x48 faces; the device-side resize to ``input_size``.
+
+    Args:
+        dataset: ``fer2013``, ``fer2013_faces_jaffe`` (training adds all of FACES and JAFFE)
+            or ``synthetic`` (generated on first use, no download).
+        root: the data folder (``${paths.data_dir}``); the sources below are relative to it.
+        batch_size / eval_batch_size: training / validation and test batch sizes
+            (``eval_batch_size=None`` -> ``batch_size``).
+        num_workers, pin_memory, persistent_workers: passed to every DataLoader.
+        input_size: side of the network input, a multiple of 32.
+        augment: ``{TransformName: {arg: value}}`` albumentations pipeline for training at 48x48;
+            ``None`` -> the paper's (horizontal flip p=0.5, rotation within +-30 degrees with a
+            black border); ``{}`` -> no augmentation.
+        balanced_sampler: draw training samples with probability inverse to their class count.
+        on_bad_row: ``error`` (default) or ``skip`` bad CSV rows (reported with line numbers).
+        cache_dir: parsed-array cache (default ``<root>/.cache``; ``None`` in config -> default).
+        use_cache: ``False`` parses every CSV on every setup.
+        fer2013, faces, jaffe: dataset locations (file or folder), relative to ``root``.
+        synthetic: ``{train_per_class, val_per_class, test_per_class, seed}`` and optionally
+            ``dir`` (default ``<root>/synthetic``).
+        drop_last: drop the last incomplete training batch.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "synthetic",
+        root: str = "data",
+        batch_size: int = 48,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        input_size: int = 224,
+        augment: Mapping[str, Any] | None = None,
+        balanced_sampler: bool = False,
+        on_bad_row: str = "error",
+        eval_batch_size: int | None = None,
+        cache_dir: str | None = None,
+        use_cache: bool = True,
+        fer2013: str = "fer2013",
+        faces: str = "faces",
+        jaffe: str = "jaffe",
+        synthetic: Mapping[str, Any] | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__()
+        if dataset not in DATASETS:
+            raise ValueError(f"data.dataset must be one of {DATASETS}, not {dataset!r}.")
+        if on_bad_row not in ON_BAD_ROW:
+            raise ValueError(f"data.on_bad_row must be one of {ON_BAD_ROW}, not {on_bad_row!r}.")
+        if input_size < 32 or input_size % 32:
+            raise ValueError(f"data.input_size must be a multiple of 32, not {input_size}.")
+        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+            raise ValueError("data.batch_size and data.eval_batch_size must be >= 1.")
+        self.dataset = dataset
+        self.root = Path(root).expanduser()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.input_size = input_size
+        self.augment_config = _plain(augment)
+        self.balanced_sampler = balanced_sampler
+        self.on_bad_row = on_bad_row
+        self.cache_dir = (
+            (Path(cache_dir) if cache_dir else self.root / ".cache") if use_cache else None
+        )
+        self.sources = {"fer2013": fer2013, "faces": faces, "jaffe": jaffe}
+        unknown = set(_plain(synthetic) or {}) - {*SYNTHETIC_DEFAULTS, "dir"}
+        if unknown:
+            raise ValueError(f"data.synthetic: unknown keys {sorted(unknown)}.")
+        self.synthetic = {**SYNTHETIC_DEFAULTS, **(_plain(synthetic) or {})}
+        self.drop_last = drop_last
+        self.num_classes = NUM_CLASSES
+        self.label_names: tuple[str, ...] = EMOTIONS
+        # Built in setup(); augmentation is checked now so that a bad config fails at once.
+        self._augment = build_augment(self.augment_config)
+        self.train_set: FaceDataset | None = None
+        self.val_set: FaceDataset | None = None
+        self.test_set: FaceDataset | None = None
+
+    # ----------------------------------------------------------------- locating the data
+    def _source_path(self, name: str) -> Path:
+        path = Path(self.sources[name]).expanduser()
+        return path if path.is_absolute() else self.root / path
+
+    def _synthetic_csv(self) -> Path:
+        folder = self.synthetic.get("dir") or self.root / "synthetic"
+        sizes = {k: int(self.synthetic[k]) for k in SYNTHETIC_DEFAULTS}
+        return generate_synthetic_csv(folder, **sizes)
+
+    def _source_files(self) -> dict[str, Path]:
+        """Name -> path of every source this dataset needs (the synthetic CSV is generated)."""
+        if self.dataset == "synthetic":
+            return {"synthetic": self._synthetic_csv()}
+        names = ["fer2013"] + (["faces", "jaffe"] if self.dataset == "fer2013_faces_jaffe" else [])
+        paths = {name: self._source_path(name) for name in names}
+        for name, path in paths.items():
+            try:
+                find_csv_files(path)
+            except DatasetNotFoundError as err:
+                raise DatasetNotFoundError(
+                    f"{name} dataset not found: {err}\n"
+                    f"Looked at {path} (data.root={self.root}, data.{name}={self.sources[name]}): "
+                    f"a file, or a folder with fer2013.csv, icml_face_data.csv, train.csv/val.csv/"
+                    f"test.csv (optionally .gz) or a single CSV.\n"
+                    f"{WHERE_TO_GET[name].format(path=path)}.\n"
+                    f"Check a file with `python -m fer_lightning.data check PATH`. "
+                    f"To run without any download, use data=synthetic."
+                ) from None
+        return paths
+
+    # ----------------------------------------------------------------- Lightning hooks
+    def prepare_data(self) -> None:
+        """Generate the synthetic CSV if missing and parse every CSV into the cache (once, on
+        one process; setup() in every process then memory-maps the cached arrays)."""
+        for path in self._source_files().values():
+            load_splits(path, self.cache_dir, self.on_bad_row)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the splits (cheap after prepare_data: cached arrays are memory-mapped).
+        Callable any number of times; the first call does the work."""
+        if self.train_set is not None:
+            return
+        splits = {
+            name: load_splits(p, self.cache_dir, self.on_bad_row)
+            for name, p in self._source_files().items()
+        }
+        main_name = "synthetic" if self.dataset == "synthetic" else "fer2013"
+        main = splits[main_name]
+        for split in ("train", "val", "test"):
+            if split not in main:
+                raise DatasetError(
+                    f"{self._source_label(main_name)}: no {split} split (need Usage values "
+                    f"Training, PublicTest and PrivateTest, or train.csv, val.csv and test.csv)."
+                )
+        train_parts = [main["train"]]
+        for extra in ("faces", "jaffe"):
+            train_parts.extend(splits.get(extra, {}).values())  # every row trains
+        self.train_set = self._dataset(train_parts, self._augment)
+        self.val_set = self._dataset([main["val"]], None)
+        self.test_set = self._dataset([main["test"]], None)
+        counts = self.class_counts()
+        log.info(
+            "data %s: train %d, val %d, test %d faces; training classes %s",
+            self.dataset,
+            len(self.train_set),
+            len(self.val_set),
+            len(self.test_set),
+            dict(zip(EMOTIONS, counts.tolist(), strict=True)),
+        )
+
+    def _source_label(self, name: str) -> str:
+        return str(self._synthetic_csv()) if name == "synthetic" else str(self._source_path(name))
+
+    @staticmethod
+    def _dataset(refs: list[SplitRef], transform: Any) -> FaceDataset:
+        parts = [(ref.table.faces, ref.rows) for ref in refs]
+        labels = np.concatenate([ref.labels for ref in refs])
+        return FaceDataset(parts, labels, transform)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        """(faces (N, 48, 48) uint8, labels) -> (model input (N, 3, S, S) float [0, 1], labels)."""
+        faces, labels = batch
+        return to_model_input(faces, self.input_size), labels
+
+    # ----------------------------------------------------------------- class statistics
+    def _require(self, name: str) -> FaceDataset:
+        dataset = getattr(self, name)
+        if dataset is None:
+            raise RuntimeError(f"FERDataModule.{name} is built by setup(); call setup() first.")
+        return dataset
+
+    def class_counts(self) -> Tensor:
+        """(7,) int64: training faces per class."""
+        labels = self._require("train_set").labels
+        return torch.from_numpy(np.bincount(labels, minlength=NUM_CLASSES).astype(np.int64))
+
+    def class_weights(self) -> Tensor:
+        """(7,) float32 inverse-frequency weights, mean 1 over the classes present; a class with
+        no training faces gets 0 (and a warning), since it can never be the target."""
+        counts = self.class_counts().double()
+        present = counts > 0
+        weights = torch.zeros(NUM_CLASSES, dtype=torch.float64)
+        weights[present] = 1.0 / counts[present]
+        weights[present] *= present.sum() / weights[present].sum()
+        missing = [EMOTIONS[i] for i in torch.nonzero(~present).flatten().tolist()]
+        if missing:
+            log.warning("No training faces of %s: class weight 0.", ", ".join(missing))
+        return weights.float()
+
+    # ----------------------------------------------------------------- loaders
+    def _loader(self, dataset: FaceDataset, batch_size: int, train: bool) -> DataLoader:
+        sampler = None
+        if train and self.balanced_sampler:
+            per_class = np.bincount(dataset.labels, minlength=NUM_CLASSES).astype(np.float64)
+            weights = 1.0 / per_class[dataset.labels]
+            sampler = WeightedRandomSampler(torch.from_numpy(weights), len(dataset), True)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            drop_last=train and self.drop_last,
+            collate_fn=collate_batch,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self._require("train_set"), self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """FER2013 PublicTest (the synthetic set's val split)."""
+        return self._loader(self._require("val_set"), self.eval_batch_size, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """FER2013 PrivateTest (the synthetic set's test split)."""
+        return self._loader(self._require("test_set"), self.eval_batch_size, train=False)

@@ -1,0 +1,197 @@
+"""Procedural 48x48 grayscale faces whose expression is drawn by brows, eyes and mouth.
+
+The embedded dataset of the demo experiment and of the tests: it runs anywhere, deterministic by
+seed. Every image varies head size, position, rotation, skin/background brightness, feature
+thickness, expression intensity, a lighting gradient, blur and noise, so only the geometry of
+brows, eyes and mouth tells the classes apart (no single pixel statistic does).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fer_lightning.data.csv_writer import write_face_csv
+from fer_lightning.labels import EMOTIONS, FACE_SIZE
+
+SYNTHETIC_VERSION = 1  # bump when the drawing changes, so cached CSVs are regenerated
+_CANVAS = 96  # drawn at twice the size, then area-downsampled: anti-aliased strokes
+_SHIFT = 4  # fixed-point bits for cv2 drawing at sub-pixel positions
+
+
+def _pt(x: float, y: float) -> tuple[int, int]:
+    return round(x * (1 << _SHIFT)), round(y * (1 << _SHIFT))
+
+
+def _poly(img: np.ndarray, pts: list[tuple[float, float]], color: float, thick: int) -> None:
+    arr = np.array([_pt(x, y) for x, y in pts], dtype=np.int32)
+    cv2.polylines(img, [arr], False, color, thick, cv2.LINE_AA, _SHIFT)
+
+
+def _curve(cx: float, cy: float, half_w: float, bend: float, n: int = 9) -> list:
+    """Points of a parabola through (cx +- half_w, cy) whose middle is ``bend`` lower."""
+    xs = np.linspace(-1.0, 1.0, n)
+    return [(cx + x * half_w, cy + bend * (1 - x * x)) for x in xs]
+
+
+def draw_face(label: int, rng: np.random.Generator) -> np.ndarray:
+    """One face showing ``label`` (FER order): (48, 48) uint8."""
+    s = _CANVAS
+    background = rng.uniform(0, 255)
+    skin = rng.uniform(110, 235)
+    img = np.full((s, s), background, dtype=np.float32)
+    a = rng.uniform(25, 34)  # half width of the head
+    b = a * rng.uniform(1.12, 1.32)
+    cx, cy = s / 2 + rng.uniform(-6, 6), s / 2 + rng.uniform(-4, 6)
+    cv2.ellipse(img, _pt(cx, cy), _pt(a, b), 0, 0, 360, skin, -1, cv2.LINE_AA, _SHIFT)
+    ink = skin - rng.uniform(60, 105)
+    thick = int(rng.integers(2, 4))
+    k = rng.uniform(0.7, 1.25)  # expression intensity
+    eye_y, eye_dx = cy - 0.22 * b, 0.38 * a
+    eye_w = 0.16 * a * rng.uniform(0.9, 1.1)
+    brow_y, brow_w = eye_y - 0.24 * b, 0.2 * a
+    mouth_y, mouth_w = cy + 0.47 * b, 0.3 * a * rng.uniform(0.9, 1.1)
+
+    # Defaults (neutral), then each expression changes some of them.
+    eye_open = 0.55  # eye height / width
+    brow_lift = 0.0  # whole brow up (pixels, negative = down)
+    brow_tilt = 0.0  # inner end up (+) or down (-), pixels
+    brow_arch = 0.0
+    mouth = "line"
+    bend = 0.0
+    emotion = EMOTIONS[label]
+    if emotion == "happy":
+        mouth, bend, eye_open = "curve", 0.22 * a * k, 0.4
+    elif emotion == "sad":
+        mouth, bend, brow_tilt = "curve", -0.16 * a * k, 0.14 * a * k
+    elif emotion == "angry":
+        brow_lift, brow_tilt, eye_open = -0.06 * a, -0.2 * a * k, 0.38
+        mouth, bend = "curve", -0.05 * a * k
+    elif emotion == "surprise":
+        brow_lift, brow_arch, eye_open = 0.16 * a * k, 0.07 * a, 0.95
+        mouth = "round"
+    elif emotion == "fear":
+        brow_lift, brow_tilt, eye_open = 0.1 * a * k, 0.08 * a * k, 0.85
+        mouth = "stretched"
+    elif emotion == "disgust":
+        brow_lift, brow_tilt, eye_open = -0.04 * a, -0.08 * a * k, 0.35
+        mouth = "sneer"
+
+    for side in (-1.0, 1.0):
+        ex = cx + side * eye_dx
+        cv2.ellipse(
+            img,
+            _pt(ex, eye_y),
+            _pt(eye_w, max(eye_w * eye_open, 1.0)),
+            0,
+            0,
+            360,
+            ink,
+            -1,
+            cv2.LINE_AA,
+            _SHIFT,
+        )
+        inner, outer = ex - side * brow_w, ex + side * brow_w
+        y0 = brow_y - brow_lift
+        brow = [
+            (inner, y0 - brow_tilt),
+            (ex, y0 - brow_arch - brow_tilt / 2),
+            (outer, y0),
+        ]
+        _poly(img, brow, ink, thick)
+
+    if mouth == "line":
+        _poly(img, [(cx - mouth_w, mouth_y), (cx + mouth_w, mouth_y)], ink, thick)
+    elif mouth == "curve":
+        _poly(img, _curve(cx, mouth_y - bend / 2, mouth_w, bend), ink, thick)
+    elif mouth == "round":
+        axes = _pt(0.45 * mouth_w, 0.55 * mouth_w * k)
+        cv2.ellipse(img, _pt(cx, mouth_y), axes, 0, 0, 360, ink, -1, cv2.LINE_AA, _SHIFT)
+    elif mouth == "stretched":
+        axes = _pt(1.25 * mouth_w, 0.14 * mouth_w * k + 1.0)
+        cv2.ellipse(img, _pt(cx, mouth_y), axes, 0, 0, 360, ink, -1, cv2.LINE_AA, _SHIFT)
+    elif mouth == "sneer":
+        # Upper lip raised on one side, and wrinkles across the bridge of the nose.
+        side = rng.choice((-1.0, 1.0))
+        lip = [
+            (cx - side * mouth_w, mouth_y + 0.04 * a),
+            (cx, mouth_y - 0.02 * a),
+            (cx + side * 0.5 * mouth_w, mouth_y - 0.16 * a * k),
+            (cx + side * mouth_w, mouth_y - 0.08 * a * k),
+        ]
+        _poly(img, lip, ink, thick)
+        for j in range(2):
+            wy = cy - 0.02 * b + j * 0.07 * b
+            _poly(img, [(cx - 0.09 * a, wy), (cx + 0.09 * a, wy)], ink, max(thick - 1, 1))
+    # The nose, the same for everyone.
+    _poly(img, [(cx, cy - 0.05 * b), (cx - 0.05 * a, cy + 0.2 * b), (cx, cy + 0.22 * b)], ink, 1)
+
+    angle = rng.uniform(-15, 15)
+    matrix = cv2.getRotationMatrix2D((cx, cy), angle, 1.0)
+    img = cv2.warpAffine(img, matrix, (s, s), flags=cv2.INTER_LINEAR, borderValue=background)
+    img = cv2.resize(img, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA)
+    # Lighting: a linear gradient in a random direction.
+    theta = rng.uniform(0, 2 * np.pi)
+    ramp = np.linspace(-1.0, 1.0, FACE_SIZE, dtype=np.float32)
+    gradient = np.cos(theta) * ramp[None, :] + np.sin(theta) * ramp[:, None]
+    img += gradient * rng.uniform(0, 45)
+    sigma = rng.uniform(0.0, 0.9)
+    if sigma > 0.3:
+        img = cv2.GaussianBlur(img, (0, 0), sigma)
+    img += rng.normal(0.0, rng.uniform(2, 9), img.shape).astype(np.float32)
+    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+
+def make_split(per_class: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``per_class`` faces of every class, shuffled: faces (N, 48, 48) uint8, labels (N,) int64."""
+    labels = rng.permutation(np.repeat(np.arange(len(EMOTIONS), dtype=np.int64), per_class))
+    faces = np.empty((labels.size, FACE_SIZE, FACE_SIZE), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        faces[i] = draw_face(int(label), rng)
+    return faces, labels
+
+
+def synthetic_csv_path(
+    folder: str | Path, train_per_class: int, val_per_class: int, test_per_class: int, seed: int
+) -> Path:
+    """Where the CSV for these settings lives (the name encodes them, so sizes never mix)."""
+    name = (
+        f"synthetic-v{SYNTHETIC_VERSION}-seed{seed}-"
+        f"{train_per_class}-{val_per_class}-{test_per_class}.csv"
+    )
+    return Path(folder) / name
+
+
+def generate_synthetic_csv(
+    folder: str | Path,
+    train_per_class: int = 250,
+    val_per_class: int = 60,
+    test_per_class: int = 60,
+    seed: int = 0,
+) -> Path:
+    """Write (if missing) a FER2013-format CSV with ``Usage`` and return its path.
+
+    Each split has its own random stream (``seed``, split index), so changing the size of one
+    split leaves the images of the others unchanged.
+    """
+    for name, value in (("train", train_per_class), ("val", val_per_class)):
+        if value < 1:
+            raise ValueError(f"synthetic.{name}_per_class must be >= 1, not {value}.")
+    if test_per_class < 0:
+        raise ValueError(f"synthetic.test_per_class must be >= 0, not {test_per_class}.")
+    path = synthetic_csv_path(folder, train_per_class, val_per_class, test_per_class, seed)
+    if path.is_file():
+        return path
+    faces, labels, usage = [], [], []
+    for code, per_class in enumerate((train_per_class, val_per_class, test_per_class)):
+        if per_class == 0:
+            continue
+        split_faces, split_labels = make_split(per_class, np.random.default_rng([seed, code]))
+        faces.append(split_faces)
+        labels.append(split_labels)
+        usage.append(np.full(split_labels.size, code, dtype=np.int8))
+    return write_face_csv(
+        path, np.concatenate(faces), np.concatenate(labels), np.concatenate(usage)
+    )

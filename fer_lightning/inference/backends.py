@@ -1,0 +1,164 @@
+"""Networks that turn 48x48 face crops into emotion probabilities: PyTorch or ONNX Runtime.
+
+Both take (N, 48, 48) uint8 crops and return (N, num_classes) float32 probabilities; both make
+the network input with :func:`fer_lightning.data.to_model_input`, the training preprocessing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fer_lightning.data.device_transforms import to_model_input
+from fer_lightning.labels import EMOTIONS
+
+DEFAULT_INPUT_SIZE = 224
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> CUDA if available, else CPU; anything else as ``torch.device`` reads it."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN has native bf16 kernels here (AVX512-BF16 or AMX), where bf16 autocast
+    is 2-4x faster than fp32; without them it is slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` on CUDA with bf16 support or a CPU with fast bf16, else ``fp32``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
+
+
+class EmotionClassifier(ABC):
+    """(N, 48, 48) uint8 face crops -> (N, num_classes) float32 probabilities."""
+
+    labels: tuple[str, ...] = EMOTIONS
+    input_size: int = DEFAULT_INPUT_SIZE
+    batch_size: int = 32
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        if crops.ndim != 3:
+            raise ValueError(f"Expected (N, H, W) crops, got shape {crops.shape}.")
+        if len(crops) == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        chunks = [
+            self._probabilities(crops[i : i + self.batch_size])
+            for i in range(0, len(crops), self.batch_size)
+        ]
+        return np.concatenate(chunks).astype(np.float32)
+
+    @abstractmethod
+    def _probabilities(self, crops: np.ndarray) -> np.ndarray: ...
+
+
+class TorchClassifier(EmotionClassifier):
+    """A PyTorch network on ``device``; ``bf16`` runs it under autocast (logits in fp32)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+        input_size: int | None = None,
+        batch_size: int = 32,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.input_size = int(input_size or getattr(model, "input_size", DEFAULT_INPUT_SIZE))
+        self.batch_size = int(batch_size)
+        self.model = model.eval().to(self.device)
+        if self.device.type == "cpu":
+            # oneDNN's convolutions prefer NHWC on CPU.
+            self.model = self.model.to(memory_format=torch.channels_last)
+        num_classes = _num_outputs(self.model, self.input_size, self.device)
+        self.labels = EMOTIONS if num_classes == len(EMOTIONS) else _generic_labels(num_classes)
+
+    @torch.inference_mode()
+    def _probabilities(self, crops: np.ndarray) -> np.ndarray:
+        faces = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device)
+        x = to_model_input(faces, self.input_size)
+        if self.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if self.precision == "bf16"
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            logits = self.model(x)
+        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+    def __repr__(self) -> str:
+        arch = getattr(self.model, "arch", type(self.model).__name__)
+        return (
+            f"TorchClassifier({arch}, device={self.device}, precision={self.precision}, "
+            f"input_size={self.input_size})"
+        )
+
+
+class OnnxClassifier(EmotionClassifier):
+    """An exported ONNX model (``fer_lightning.export``) under ONNX Runtime on the CPU."""
+
+    def __init__(self, path: str | Path, batch_size: int = 32, threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as error:
+            raise ImportError(
+                "Running an .onnx model needs onnxruntime: pip install 'fer-lightning[onnx]'"
+            ) from error
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        self.path = Path(path)
+        self.session = ort.InferenceSession(
+            str(self.path), options, providers=["CPUExecutionProvider"]
+        )
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        size = model_input.shape[-1]
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        self.input_size = int(size) if isinstance(size, int) else int(metadata["input_size"])
+        self.labels = tuple(json.loads(metadata["labels"])) if "labels" in metadata else EMOTIONS
+        self.arch = metadata.get("arch", "unknown")
+        self.batch_size = int(batch_size)
+
+    def _probabilities(self, crops: np.ndarray) -> np.ndarray:
+        x = to_model_input(torch.from_numpy(np.ascontiguousarray(crops)), self.input_size)
+        (logits,) = self.session.run(None, {self.input_name: x.numpy()})
+        return torch.softmax(torch.from_numpy(logits).float(), dim=1).numpy()
+
+    def __repr__(self) -> str:
+        return f"OnnxClassifier({self.path}, arch={self.arch}, input_size={self.input_size})"
+
+
+def _num_outputs(model: nn.Module, input_size: int, device: torch.device) -> int:
+    head = getattr(model, "fc", None)
+    last = head[-1] if isinstance(head, nn.Sequential) else head
+    if isinstance(last, nn.Linear):
+        return last.out_features
+    with torch.inference_mode():
+        return int(model(torch.zeros(1, 3, input_size, input_size, device=device)).shape[1])
+
+
+def _generic_labels(num_classes: int) -> tuple[str, ...]:
+    return tuple(f"class_{i}" for i in range(num_classes))

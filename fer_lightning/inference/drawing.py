@@ -1,0 +1,75 @@
+"""Annotating images: a box, the label and a small probability bar chart per face."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+BOX_COLOUR = (80, 220, 80)  # BGR
+BAR_COLOUR = (60, 180, 255)
+TEXT_COLOUR = (255, 255, 255)
+PANEL_COLOUR = (30, 30, 30)
+
+
+class LabelledFace(Protocol):
+    box: tuple[int, int, int, int]
+    label: str
+    probs: dict[str, float]
+
+
+def draw_faces(image_bgr: np.ndarray, faces: Sequence[LabelledFace]) -> np.ndarray:
+    """A copy of ``image_bgr`` (H, W, 3) uint8 with, per face, its box, ``label p%`` above it
+    and a bar per class beside it (right of the box, or left where the right has no room)."""
+    canvas = image_bgr.copy()
+    height, width = canvas.shape[:2]
+    # Text and lines scale with the image so that they stay legible on large photos.
+    scale = max(0.35, min(width, height) / 900)
+    thickness = max(1, round(scale * 2))
+    for face in faces:
+        x0, y0, x1, y1 = (int(v) for v in face.box)
+        cv2.rectangle(canvas, (x0, y0), (x1, y1), BOX_COLOUR, thickness)
+        caption = f"{face.label} {100 * face.probs[face.label]:.0f}%"
+        (text_w, text_h), baseline = cv2.getTextSize(caption, FONT, scale, thickness)
+        top = y0 - text_h - baseline - 2 if y0 - text_h - baseline - 2 >= 0 else y1 + 2
+        cv2.rectangle(
+            canvas, (x0, top), (x0 + text_w + 4, top + text_h + baseline + 2), BOX_COLOUR, -1
+        )
+        cv2.putText(canvas, caption, (x0 + 2, top + text_h + 1), FONT, scale, (0, 0, 0), thickness)
+        _draw_bars(canvas, face.probs, (x0, y0, x1, y1), scale)
+    return canvas
+
+
+def _draw_bars(
+    canvas: np.ndarray, probs: dict[str, float], box: tuple[int, int, int, int], scale: float
+) -> None:
+    height, width = canvas.shape[:2]
+    x0, y0, x1, _ = box
+    font_scale = scale * 0.8
+    (label_w, row_h), _ = cv2.getTextSize("surprise", FONT, font_scale, 1)
+    row_h += 4
+    bar_w = max(20, round(60 * scale))
+    panel_w = label_w + bar_w + 8
+    panel_h = row_h * len(probs) + 4
+    left = x1 + 4 if x1 + 4 + panel_w <= width else max(0, x0 - 4 - panel_w)
+    top = min(max(0, y0), max(0, height - panel_h))
+    right, bottom = min(width, left + panel_w), min(height, top + panel_h)
+    # A translucent panel keeps the bars readable on any background.
+    region = canvas[top:bottom, left:right]
+    region[:] = (0.4 * region + 0.6 * np.array(PANEL_COLOUR)).astype(np.uint8)
+    for i, (label, p) in enumerate(probs.items()):
+        y = top + 2 + i * row_h
+        cv2.putText(
+            canvas, label, (left + 2, y + row_h - 4), FONT, font_scale, TEXT_COLOUR, 1, cv2.LINE_AA
+        )
+        bar_x = left + label_w + 6
+        cv2.rectangle(
+            canvas,
+            (bar_x, y + 2),
+            (bar_x + max(1, round(bar_w * float(p))), y + row_h - 3),
+            BAR_COLOUR,
+            -1,
+        )

@@ -1,0 +1,199 @@
+"""Faces in, emotions out: detection, training-identical crops, batched network, results."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from fer_lightning.inference.backends import (
+    EmotionClassifier,
+    OnnxClassifier,
+    TorchClassifier,
+)
+from fer_lightning.inference.detectors import Detection, FaceDetector, create_detector
+from fer_lightning.inference.drawing import draw_faces
+from fer_lightning.inference.faces import DEFAULT_MARGIN, crop_faces
+from fer_lightning.inference.images import load_image
+
+
+@dataclass(frozen=True)
+class FacePrediction:
+    """One face: ``box`` (x0, y0, x1, y1) in the input's pixels, the detector's ``score``, the
+    most likely ``label`` and ``probs`` (label -> probability, summing to 1)."""
+
+    box: tuple[int, int, int, int]
+    score: float
+    label: str
+    probs: dict[str, float]
+    landmarks: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def confidence(self) -> float:
+        """Probability of ``label``."""
+        return self.probs[self.label]
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready: box (list of 4 ints), score, label, probs."""
+        return {
+            "box": [int(v) for v in self.box],
+            "score": round(float(self.score), 4),
+            "label": self.label,
+            "probs": {k: round(float(v), 6) for k, v in self.probs.items()},
+        }
+
+
+class EmotionRecognizer:
+    """Detects faces and recognises their emotion.
+
+    >>> recognizer = EmotionRecognizer.from_checkpoint("best.ckpt")
+    >>> faces = recognizer.predict("photo.jpg")      # [FacePrediction(box=..., label=...)]
+    >>> annotated = recognizer.draw("photo.jpg", faces)
+
+    ``margin`` widens the square crop around each box (0.1: 10 % larger than the box's mean
+    side); ``align_faces`` rotates faces so that the eyes are level when the detector gives
+    landmarks.
+    """
+
+    def __init__(
+        self,
+        classifier: EmotionClassifier,
+        detector: FaceDetector | str = "auto",
+        margin: float = DEFAULT_MARGIN,
+        align_faces: bool = True,
+    ) -> None:
+        self.classifier = classifier
+        self.detector = create_detector(detector) if isinstance(detector, str) else detector
+        self.margin = float(margin)
+        self.align_faces = bool(align_faces)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "auto",
+        detector: FaceDetector | str = "auto",
+        *,
+        arch: str | None = None,
+        precision: str = "auto",
+        input_size: int | None = None,
+        batch_size: int = 32,
+        **options: object,
+    ) -> EmotionRecognizer:
+        """A recogniser from a checkpoint: this project's Lightning ``.ckpt``, the published
+        RMN format (a dict with ``"net"``), a bare state dict, or an exported ``.onnx`` file
+        (run with onnxruntime on the CPU). ``precision``: ``auto`` (bf16 where the hardware
+        runs it fast, else fp32), ``fp32`` or ``bf16``. ``options`` go to the constructor
+        (``margin``, ``align_faces``)."""
+        path = Path(path).expanduser()
+        if path.suffix.lower() == ".onnx":
+            if not path.is_file():
+                raise FileNotFoundError(f"ONNX model {path} does not exist.")
+            classifier: EmotionClassifier = OnnxClassifier(path, batch_size=batch_size)
+        else:
+            from fer_lightning.checkpoints import load_model
+
+            model = load_model(path, arch=arch)
+            classifier = TorchClassifier(model, device, precision, input_size, batch_size)
+        return cls(classifier, detector, **options)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.classifier.labels
+
+    def detect(self, image: object) -> list[Detection]:
+        """Faces in ``image`` (path, BGR/grayscale array or PIL image), without emotions."""
+        return self.detector.detect(load_image(image))
+
+    def predict(
+        self, image: object, save_faces: str | Path | None = None, name: str | None = None
+    ) -> list[FacePrediction]:
+        """Faces and emotions in one image (a path, a BGR or grayscale numpy array, a PIL
+        image); an empty list when there is no face. ``save_faces`` writes the 48x48 crops the
+        network saw there as ``<name>_face<i>.png``."""
+        return self.predict_batch([image], save_faces, None if name is None else [name])[0]
+
+    def predict_batch(
+        self,
+        images: Iterable[object],
+        save_faces: str | Path | None = None,
+        names: Sequence[str] | None = None,
+    ) -> list[list[FacePrediction]]:
+        """:meth:`predict` for many images: every face of every image goes through the network
+        in batches of ``classifier.batch_size``. One list of faces per image, in order."""
+        images = list(images)
+        bgr_images = [load_image(image) for image in images]
+        detections = [self.detector.detect(image) for image in bgr_images]
+        if save_faces is not None and names is None:
+            names = [_default_name(image, i) for i, image in enumerate(images)]
+        return self.recognize(bgr_images, detections, save_faces, names)
+
+    def recognize(
+        self,
+        bgr_images: Sequence[np.ndarray],
+        detections: Sequence[list[Detection]],
+        save_faces: str | Path | None = None,
+        names: Sequence[str] | None = None,
+    ) -> list[list[FacePrediction]]:
+        """Emotions of faces already found: ``detections[i]`` in ``bgr_images[i]`` (H, W, 3)
+        BGR uint8. Used by the video path, which detects in a worker process."""
+        crops = [
+            crop_faces(image, found, self.margin, self.align_faces)
+            for image, found in zip(bgr_images, detections, strict=True)
+        ]
+        if save_faces is not None:
+            save_face_crops(crops, save_faces, names or [f"image{i}" for i in range(len(crops))])
+        probs = self.classifier(np.concatenate(crops)) if crops else np.zeros((0, 0))
+        results: list[list[FacePrediction]] = []
+        start = 0
+        for found in detections:
+            image_probs = probs[start : start + len(found)]
+            start += len(found)
+            results.append(
+                [self._prediction(d, p) for d, p in zip(found, image_probs, strict=True)]
+            )
+        return results
+
+    def _prediction(self, detection: Detection, probs: np.ndarray) -> FacePrediction:
+        labels = self.classifier.labels
+        return FacePrediction(
+            box=detection.box,
+            score=detection.score,
+            label=labels[int(np.argmax(probs))],
+            probs={label: float(p) for label, p in zip(labels, probs, strict=True)},
+            landmarks=detection.landmarks,
+        )
+
+    def draw(self, image: object, faces: Sequence[FacePrediction]) -> np.ndarray:
+        """A BGR copy of ``image`` with each face's box, label and probability bars."""
+        return draw_faces(load_image(image), faces)
+
+    def __repr__(self) -> str:
+        return (
+            f"EmotionRecognizer({self.classifier!r}, detector={self.detector!r}, "
+            f"margin={self.margin}, align_faces={self.align_faces})"
+        )
+
+
+def save_face_crops(
+    crops: Sequence[np.ndarray], directory: str | Path, names: Sequence[str]
+) -> list[Path]:
+    """Write ``crops[i]`` (N_i, 48, 48) uint8 as ``<directory>/<names[i]>_face<j>.png``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for image_crops, name in zip(crops, names, strict=True):
+        for j, crop in enumerate(image_crops):
+            path = directory / f"{name}_face{j}.png"
+            if not cv2.imwrite(str(path), crop):
+                raise OSError(f"Could not write face crop {path}.")
+            written.append(path)
+    return written
+
+
+def _default_name(image: object, index: int) -> str:
+    return Path(image).stem if isinstance(image, str | Path) else f"image{index}"

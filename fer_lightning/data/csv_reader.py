@@ -30,7 +30,7 @@ USAGE_TO_SPLIT: dict[str, int] = {"training": 0, "publictest": 1, "privatetest":
 USAGE_NAMES: tuple[str, ...] = ("Training", "PublicTest", "PrivateTest")
 ON_BAD_ROW = ("error", "skip")
 
-_ROWS_PER_CHUNK = 2048  # bounds the temporary arrays of the pixel parser to ~40 MB
+_ROWS_PER_CHUNK = 1024  # bounds the temporaries of the pixel parser to ~120 MB
 _MAX_LISTED_LINES = 20
 
 

@@ -38,7 +38,10 @@ _EXPORTS = {
     "EmotionRecognizer": "recognizer",
     "FacePrediction": "recognizer",
     "save_face_crops": "recognizer",
-    "RecycledDetector": "video",
+    "RecycledDetector": "detector_worker",
+    "ASTRONAUT_PATH": "samples",
+    "astronaut": "samples",
+    "mosaic": "samples",
     "predict_video": "video",
 }
 

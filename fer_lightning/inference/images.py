@@ -47,8 +47,10 @@ def read_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarr
                 return to_bgr(image, name=str(path))
     except ImageError:
         raise
-    except Image.DecompressionBombError:
-        raise ImageError(f"{path}: too large to decode safely (Pillow's pixel limit).") from None
+    except Image.DecompressionBombError as error:
+        raise ImageError(
+            f"{path}: too large to decode safely ({error}); downscale it first."
+        ) from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file (unknown or unsupported format).") from None
     except (OSError, SyntaxError, ValueError) as error:

@@ -7,6 +7,7 @@ import pickle
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from data_helpers import csv_text, random_faces, write
 
@@ -245,3 +246,53 @@ def test_hydra_configs_instantiate(tmp_path):
         dm.setup("fit")
         assert (len(dm.train_set), len(dm.val_set)) == (14, 7)
         assert (tmp_path / "synthetic").is_dir() and (tmp_path / ".cache").is_dir()
+
+
+class _TinyClassifier(pl.LightningModule):
+    """Just enough of a model to run the DataModule through Lightning."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(3 * 32 * 32, 7)
+        self.sizes: list[int] = []
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        assert x.shape[1:] == (3, 32, 32) and x.dtype == torch.float32
+        return torch.nn.functional.cross_entropy(self.head(x.flatten(1)), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        loss = torch.nn.functional.cross_entropy(self.head(x.flatten(1)), y)
+        self.log("val/loss", loss, sync_dist=True)
+
+    def on_fit_start(self) -> None:
+        assert self.trainer.datamodule.class_weights().shape == (7,)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+@pytest.mark.slow
+def test_ddp_spawn_two_cpu_processes(tmp_path):
+    dm = FERDataModule(
+        "synthetic",
+        str(tmp_path),
+        batch_size=16,
+        num_workers=1,
+        persistent_workers=True,
+        input_size=32,
+        synthetic={"train_per_class": 4, "val_per_class": 2, "test_per_class": 2},
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(_TinyClassifier(), datamodule=dm)
+    assert trainer.state.finished

@@ -16,7 +16,7 @@ import numpy as np
 from fer_lightning.data.csv_writer import write_face_csv
 from fer_lightning.labels import EMOTIONS, FACE_SIZE
 
-SYNTHETIC_VERSION = 1  # bump when the drawing changes, so cached CSVs are regenerated
+SYNTHETIC_VERSION = 2  # bump when the drawing changes, so cached CSVs are regenerated
 _CANVAS = 96  # drawn at twice the size, then area-downsampled: anti-aliased strokes
 _SHIFT = 4  # fixed-point bits for cv2 drawing at sub-pixel positions
 
@@ -42,13 +42,13 @@ def draw_face(label: int, rng: np.random.Generator) -> np.ndarray:
     background = rng.uniform(0, 255)
     skin = rng.uniform(110, 235)
     img = np.full((s, s), background, dtype=np.float32)
-    a = rng.uniform(25, 34)  # half width of the head
+    a = rng.uniform(27, 34)  # half width of the head
     b = a * rng.uniform(1.12, 1.32)
-    cx, cy = s / 2 + rng.uniform(-6, 6), s / 2 + rng.uniform(-4, 6)
+    cx, cy = s / 2 + rng.uniform(-5, 5), s / 2 + rng.uniform(-3, 5)
     cv2.ellipse(img, _pt(cx, cy), _pt(a, b), 0, 0, 360, skin, -1, cv2.LINE_AA, _SHIFT)
-    ink = skin - rng.uniform(60, 105)
-    thick = int(rng.integers(2, 4))
-    k = rng.uniform(0.7, 1.25)  # expression intensity
+    ink = skin - rng.uniform(75, 110)
+    thick = int(rng.integers(3, 5))
+    k = rng.uniform(0.8, 1.2)  # expression intensity
     eye_y, eye_dx = cy - 0.22 * b, 0.38 * a
     eye_w = 0.16 * a * rng.uniform(0.9, 1.1)
     brow_y, brow_w = eye_y - 0.24 * b, 0.2 * a
@@ -63,20 +63,20 @@ def draw_face(label: int, rng: np.random.Generator) -> np.ndarray:
     bend = 0.0
     emotion = EMOTIONS[label]
     if emotion == "happy":
-        mouth, bend, eye_open = "curve", 0.22 * a * k, 0.4
+        mouth, bend, eye_open = "curve", 0.28 * a * k, 0.4
     elif emotion == "sad":
-        mouth, bend, brow_tilt = "curve", -0.16 * a * k, 0.14 * a * k
+        mouth, bend, brow_tilt = "curve", -0.22 * a * k, 0.18 * a * k
     elif emotion == "angry":
-        brow_lift, brow_tilt, eye_open = -0.06 * a, -0.2 * a * k, 0.38
-        mouth, bend = "curve", -0.05 * a * k
+        brow_lift, brow_tilt, eye_open = -0.06 * a, -0.3 * a * k, 0.35
+        mouth, bend = "line", 0.0
     elif emotion == "surprise":
-        brow_lift, brow_arch, eye_open = 0.16 * a * k, 0.07 * a, 0.95
+        brow_lift, brow_arch, eye_open = 0.2 * a * k, 0.1 * a, 1.0
         mouth = "round"
     elif emotion == "fear":
-        brow_lift, brow_tilt, eye_open = 0.1 * a * k, 0.08 * a * k, 0.85
+        brow_lift, brow_tilt, eye_open = 0.12 * a * k, 0.16 * a * k, 0.9
         mouth = "stretched"
     elif emotion == "disgust":
-        brow_lift, brow_tilt, eye_open = -0.04 * a, -0.08 * a * k, 0.35
+        brow_lift, brow_tilt, eye_open = -0.08 * a, 0.0, 0.3
         mouth = "sneer"
 
     for side in (-1.0, 1.0):
@@ -107,10 +107,10 @@ def draw_face(label: int, rng: np.random.Generator) -> np.ndarray:
     elif mouth == "curve":
         _poly(img, _curve(cx, mouth_y - bend / 2, mouth_w, bend), ink, thick)
     elif mouth == "round":
-        axes = _pt(0.45 * mouth_w, 0.55 * mouth_w * k)
+        axes = _pt(0.5 * mouth_w, 0.65 * mouth_w * k)
         cv2.ellipse(img, _pt(cx, mouth_y), axes, 0, 0, 360, ink, -1, cv2.LINE_AA, _SHIFT)
     elif mouth == "stretched":
-        axes = _pt(1.25 * mouth_w, 0.14 * mouth_w * k + 1.0)
+        axes = _pt(1.3 * mouth_w, 0.25 * mouth_w * k + 1.0)
         cv2.ellipse(img, _pt(cx, mouth_y), axes, 0, 0, 360, ink, -1, cv2.LINE_AA, _SHIFT)
     elif mouth == "sneer":
         # Upper lip raised on one side, and wrinkles across the bridge of the nose.
@@ -118,17 +118,17 @@ def draw_face(label: int, rng: np.random.Generator) -> np.ndarray:
         lip = [
             (cx - side * mouth_w, mouth_y + 0.04 * a),
             (cx, mouth_y - 0.02 * a),
-            (cx + side * 0.5 * mouth_w, mouth_y - 0.16 * a * k),
-            (cx + side * mouth_w, mouth_y - 0.08 * a * k),
+            (cx + side * 0.5 * mouth_w, mouth_y - 0.22 * a * k),
+            (cx + side * mouth_w, mouth_y - 0.12 * a * k),
         ]
         _poly(img, lip, ink, thick)
-        for j in range(2):
-            wy = cy - 0.02 * b + j * 0.07 * b
-            _poly(img, [(cx - 0.09 * a, wy), (cx + 0.09 * a, wy)], ink, max(thick - 1, 1))
+        for j in range(3):
+            wy = cy - 0.04 * b + j * 0.07 * b
+            _poly(img, [(cx - 0.12 * a, wy), (cx + 0.12 * a, wy)], ink, max(thick - 1, 1))
     # The nose, the same for everyone.
     _poly(img, [(cx, cy - 0.05 * b), (cx - 0.05 * a, cy + 0.2 * b), (cx, cy + 0.22 * b)], ink, 1)
 
-    angle = rng.uniform(-15, 15)
+    angle = rng.uniform(-10, 10)
     matrix = cv2.getRotationMatrix2D((cx, cy), angle, 1.0)
     img = cv2.warpAffine(img, matrix, (s, s), flags=cv2.INTER_LINEAR, borderValue=background)
     img = cv2.resize(img, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA)
@@ -136,11 +136,11 @@ def draw_face(label: int, rng: np.random.Generator) -> np.ndarray:
     theta = rng.uniform(0, 2 * np.pi)
     ramp = np.linspace(-1.0, 1.0, FACE_SIZE, dtype=np.float32)
     gradient = np.cos(theta) * ramp[None, :] + np.sin(theta) * ramp[:, None]
-    img += gradient * rng.uniform(0, 45)
-    sigma = rng.uniform(0.0, 0.9)
+    img += gradient * rng.uniform(0, 35)
+    sigma = rng.uniform(0.0, 0.7)
     if sigma > 0.3:
         img = cv2.GaussianBlur(img, (0, 0), sigma)
-    img += rng.normal(0.0, rng.uniform(2, 9), img.shape).astype(np.float32)
+    img += rng.normal(0.0, rng.uniform(2, 6), img.shape).astype(np.float32)
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
 

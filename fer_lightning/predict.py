@@ -154,7 +154,7 @@ def build_recognizer(config: PredictConfig):  # -> EmotionRecognizer
         raise UsageError(str(error)) from None
     except (ValueError, RuntimeError) as error:
         # Unknown detector or device names, unreadable ONNX files, ...
-        raise UsageError(f"{config.ckpt_path}: {error}") from None
+        raise UsageError(str(error)) from None
 
 
 def run(config: PredictConfig, recognizer) -> int:

@@ -16,6 +16,21 @@ from fer_lightning.models import create_model
 SMALL_ARCH, SMALL_INPUT = "resnet18", 64
 
 
+def installed_detector() -> str:
+    """A real detector for end-to-end tests: yunet (Python <= 3.11), else dlib, else skip.
+    ``FER_TEST_DETECTOR=dlib`` runs them with dlib where both are installed."""
+    import os
+
+    import pytest
+
+    from fer_lightning.inference import available_detectors
+
+    for name in (os.environ.get("FER_TEST_DETECTOR", "yunet"), "yunet", "dlib"):
+        if name in available_detectors():
+            return name
+    pytest.skip("no face detector installed (pip install 'fer-lightning[yunet]' or '[dlib]')")
+
+
 def save_published_checkpoint(path: Path, arch: str = SMALL_ARCH, seed: int = 0) -> Path:
     """A freshly initialised ``arch`` saved as the published RMN format ({"net": state})."""
     torch.manual_seed(seed)

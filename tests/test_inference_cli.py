@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from inference_helpers import (
     SMALL_INPUT,
+    installed_detector,
     save_lightning_checkpoint,
     save_published_checkpoint,
     write_mixed_folder,
@@ -20,8 +21,6 @@ from inference_helpers import (
 from fer_lightning import export, predict
 from fer_lightning.inference import EmotionRecognizer
 from fer_lightning.inference.samples import ASTRONAUT_PATH, astronaut, mosaic
-
-pytest.importorskip("yuface")
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +41,7 @@ def test_folder_with_good_and_bad_files(checkpoint, tmp_path, capsys):
             f"source={tmp_path / 'in'}",
             f"output_dir={out}",
             f"save_faces={tmp_path / 'crops'}",
-            "detector=yunet",
+            f"detector={installed_detector()}",
             "device=cpu",
             "image_batch=4",
         ]
@@ -79,7 +78,7 @@ def test_video_file(checkpoint, tmp_path, capsys):
             f"ckpt_path={checkpoint}",
             f"source={video}",
             f"output_dir={out}",
-            "detector=yunet",
+            f"detector={installed_detector()}",
             "device=cpu",
             "recycle_every=5",
         ]
@@ -154,9 +153,13 @@ def test_onnx_export_parity_and_recognizer(tmp_path, capsys):
     diff = float(out.split("difference ")[1].split()[0])
     assert diff <= export.PARITY_TOLERANCE
     images = [ASTRONAUT_PATH, mosaic(astronaut())]
-    by_onnx = EmotionRecognizer.from_checkpoint(onnx_path, detector="yunet")
+    by_onnx = EmotionRecognizer.from_checkpoint(onnx_path, detector=installed_detector())
     by_torch = EmotionRecognizer.from_checkpoint(
-        checkpoint, device="cpu", detector="yunet", precision="fp32", input_size=SMALL_INPUT
+        checkpoint,
+        device="cpu",
+        detector=installed_detector(),
+        precision="fp32",
+        input_size=SMALL_INPUT,
     )
     assert by_onnx.classifier.input_size == SMALL_INPUT
     for a_faces, b_faces in zip(

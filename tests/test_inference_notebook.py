@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from inference_helpers import save_lightning_checkpoint
+from inference_helpers import installed_detector, save_lightning_checkpoint
 
 NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "inference.ipynb"
 
@@ -15,7 +15,7 @@ def test_inference_notebook_runs(tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
-    pytest.importorskip("yuface")
+    installed_detector()  # the notebook uses detector="auto"
     # A small stand-in for the demo run's checkpoint, so that the test does not train.
     checkpoint = save_lightning_checkpoint(tmp_path / "small.ckpt", input_size=64)
     monkeypatch.setenv("FER_CHECKPOINT", str(checkpoint))

@@ -10,6 +10,7 @@ import pytest
 import torch
 from inference_helpers import (
     SMALL_INPUT,
+    installed_detector,
     png_with_claimed_size,
     save_lightning_checkpoint,
     save_published_checkpoint,
@@ -28,14 +29,12 @@ from fer_lightning.inference.samples import ASTRONAUT_PATH, astronaut, mosaic
 from fer_lightning.labels import EMOTIONS
 from fer_lightning.models import create_model
 
-pytest.importorskip("yuface")
-
 
 @pytest.fixture(scope="module")
 def recognizer() -> EmotionRecognizer:
     torch.manual_seed(0)
     classifier = TorchClassifier(create_model("resnet18"), "cpu", "fp32", SMALL_INPUT)
-    return EmotionRecognizer(classifier, detector="yunet")
+    return EmotionRecognizer(classifier, detector=installed_detector())
 
 
 def assert_well_formed(face: FacePrediction) -> None:
@@ -123,7 +122,11 @@ def test_draw_marks_each_face(recognizer):
 def test_resmasking_network_end_to_end(tmp_path):
     path = save_published_checkpoint(tmp_path / "rmn.pt", arch="resmasking_dropout1")
     recognizer = EmotionRecognizer.from_checkpoint(
-        path, device="cpu", detector="yunet", arch="resmasking_dropout1", input_size=SMALL_INPUT
+        path,
+        device="cpu",
+        detector=installed_detector(),
+        arch="resmasking_dropout1",
+        input_size=SMALL_INPUT,
     )
     (batch,) = recognizer.predict_batch([mosaic(astronaut(), 1, 2)])
     assert len(batch) == 2

@@ -26,7 +26,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` -> CUDA if available, else CPU; anything else as ``torch.device`` reads it."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for, but CUDA is not available here.")
+    return resolved
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -130,9 +133,12 @@ class OnnxClassifier(EmotionClassifier):
         if threads:
             options.intra_op_num_threads = int(threads)
         self.path = Path(path)
-        self.session = ort.InferenceSession(
-            str(self.path), options, providers=["CPUExecutionProvider"]
-        )
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as error:  # onnxruntime's own exception types, by file problem
+            raise ValueError(f"{self.path}: not a loadable ONNX model ({error}).") from None
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
         size = model_input.shape[-1]

@@ -13,6 +13,7 @@ little-endian) and the raw BGR bytes; the child answers one JSON line: a list of
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -128,7 +129,9 @@ class RecycledDetector(FaceDetector):
         self.close()
 
     def __del__(self) -> None:
-        self.close()
+        # At interpreter exit the pipes may already be gone; the children then see EOF.
+        with contextlib.suppress(Exception):
+            self.close()
 
     def __repr__(self) -> str:
         return f"RecycledDetector({self.name!r}, recycle_every={self.recycle_every})"

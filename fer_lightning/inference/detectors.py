@@ -231,8 +231,9 @@ class OpenCVYuNetDetector(FaceDetector):
     ) -> None:
         if model_path is None:
             raise DetectorUnavailableError(
-                "detector 'opencv_yunet' needs model_path=<face_detection_yunet_*.onnx> "
-                "(from github.com/opencv/opencv_zoo, models/face_detection_yunet)."
+                "detector 'opencv_yunet' needs YuNet's ONNX file, face_detection_yunet_*.onnx from "
+                "github.com/opencv/opencv_zoo (model_path=... in Python, detector_model=... on "
+                "the command line)."
             )
         path = Path(model_path).expanduser()
         if not path.is_file():
@@ -289,13 +290,14 @@ def available_detectors() -> list[str]:
     ]
 
 
-def create_detector(name: str = "auto", **options: object) -> FaceDetector:
+def create_detector(name: str | FaceDetector = "auto", **options: object) -> FaceDetector:
     """The face detector ``name``: ``yunet``, ``dlib``, ``opencv_yunet``, ``none`` or ``auto``.
 
     ``auto`` takes ``yunet`` if ``yuface`` is installed, else ``dlib``, else ``opencv_yunet``
     when ``model_path`` is given; it never falls back to ``none`` (which would call any image a
     face). ``options`` go to the backend (``min_score``, ``max_side``, ``upsample``,
-    ``model_path``). Raises :class:`DetectorUnavailableError` with the install command.
+    ``model_path``). A ``FaceDetector`` instance is returned as it is. Raises
+    :class:`DetectorUnavailableError` with the install command.
     """
     if isinstance(name, FaceDetector):
         return name

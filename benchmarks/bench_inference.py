@@ -1,0 +1,197 @@
+"""Inference benchmarks: faces per second on a frame of 8 faces, and video-path memory.
+
+    python benchmarks/bench_inference.py speed [--repeats 3]
+    python benchmarks/bench_inference.py video-memory [--frames 3000]
+
+``speed`` times, in one run and interleaved (so that machine load hits all alike), the end to end
+work on one 1280x640 frame holding 8 faces (detection included), with the real network
+(``resmasking_dropout1`` at 224, fresh weights: speed does not depend on their values):
+
+- ``per-face fp32 loop``: as the original package does it: detect, then for each face crop,
+  grayscale, ``cv2.resize`` to 224, three channels, one forward pass per face, in fp32;
+- ``batched fp32`` and ``batched bf16``: :class:`EmotionRecognizer`, all 8 faces in one batch.
+
+It prints faces/s and the ratios to the loop; only the ratios travel between machines.
+
+``video-memory`` runs the video path (``predict_video``: yunet in a recycled worker, a small
+network, annotated output written) over a generated video, and samples the resident memory of
+the main process plus the detection worker; then the same number of yunet calls in-process,
+without recycling, for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import cv2
+import numpy as np
+import torch
+
+from fer_lightning.inference import EmotionRecognizer, TorchClassifier, create_detector
+from fer_lightning.inference.samples import astronaut, mosaic
+from fer_lightning.models import create_model
+
+
+def eight_face_frame() -> np.ndarray:
+    """(640, 1280, 3): the astronaut tiled 2 x 4."""
+    return mosaic(astronaut(), 2, 4)
+
+
+def original_style_loop(model: torch.nn.Module, detector, frame: np.ndarray) -> list[np.ndarray]:
+    """Per-face fp32 inference as the published ``rmn`` package does it."""
+    gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    probs = []
+    for face in detector.detect(frame):
+        x0, y0, x1, y1 = face.box
+        # rmn: a square 1.1 times the box's mean half side around the centre, clipped.
+        cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+        half = int(((x1 - x0) + (y1 - y0)) // 2 // 2 * 1.1)
+        crop = gray[max(0, cy - half) : cy + half, max(0, cx - half) : cx + half]
+        crop = cv2.resize(crop, (224, 224))
+        crop = np.dstack([crop] * 3)
+        x = torch.from_numpy(crop).permute(2, 0, 1).float().div(255).unsqueeze(0)
+        with torch.no_grad():
+            probs.append(torch.softmax(model(x), 1)[0].numpy())
+    return probs
+
+
+def speed(repeats: int) -> None:
+    torch.manual_seed(0)
+    model = create_model("resmasking_dropout1").eval()
+    detector = create_detector("yunet")
+    frame = eight_face_frame()
+    n_faces = len(detector.detect(frame))
+    print(f"frame {frame.shape[1]}x{frame.shape[0]}, {n_faces} faces found by yunet")
+    assert n_faces == 8, "the benchmark frame should hold 8 detectable faces"
+    baseline_model = create_model("resmasking_dropout1").eval()
+    baseline_model.load_state_dict(model.state_dict())
+    runners = {
+        "per-face fp32 loop": lambda: original_style_loop(baseline_model, detector, frame),
+        "batched fp32": _recognizer(model, detector, "fp32").predict,
+        "batched bf16": _recognizer(model, detector, "bf16").predict,
+    }
+    for run in runners.values():  # warm-up: oneDNN primitive creation, first allocations
+        run(frame) if run.__name__ == "predict" else run()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run(frame) if run.__name__ == "predict" else run()
+            times[name].append(time.perf_counter() - start)
+    base = np.median(times["per-face fp32 loop"])
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {repeats} repeats (median)"
+    )
+    for name, values in times.items():
+        t = float(np.median(values))
+        print(f"{name:>20}: {n_faces / t:6.2f} faces/s  ({t:.3f} s/frame)  x{base / t:.2f}")
+    # How closely bf16 follows fp32 on these 8 faces (fresh weights: a weak test of agreement).
+    fp32 = np.array([list(f.probs.values()) for f in runners["batched fp32"](frame)])
+    bf16 = np.array([list(f.probs.values()) for f in runners["batched bf16"](frame)])
+    print(
+        f"bf16 vs fp32: max prob diff {np.abs(fp32 - bf16).max():.2e}, "
+        f"top-1 agreement {(fp32.argmax(1) == bf16.argmax(1)).mean():.0%}"
+    )
+
+
+def _recognizer(model, detector, precision: str) -> EmotionRecognizer:
+    return EmotionRecognizer(TorchClassifier(model, "cpu", precision, 224), detector)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of process ``pid`` in MB (Linux)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return 0.0
+
+
+def write_moving_face_video(path: Path, frames: int) -> None:
+    face = astronaut()
+    canvas = np.full((480, 640, 3), 70, np.uint8)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (640, 480))
+    for i in range(frames):
+        frame = canvas.copy()
+        x = int(160 + 150 * np.sin(i / 40))
+        frame[80:400, x : x + 320] = face
+        writer.write(frame)
+    writer.release()
+
+
+def video_memory(frames: int, recycle_every: int, sample_every: int) -> None:
+    from fer_lightning.inference.video import predict_video
+
+    work = Path(tempfile.mkdtemp())
+    video = work / "moving.avi"
+    write_moving_face_video(video, frames)
+    torch.manual_seed(0)
+    classifier = TorchClassifier(create_model("resnet18"), "cpu", "fp32", 64)
+    from fer_lightning.inference.detector_worker import RecycledDetector
+
+    # The detector predict_video would make for yunet, made here to read its worker's pid.
+    worker = RecycledDetector("yunet", recycle_every=recycle_every)
+    recognizer = EmotionRecognizer(classifier, detector=worker)
+    results = predict_video(recognizer, video, work / "annotated.mp4")
+    print(f"video path: {frames} frames 640x480, yunet worker recycled every {recycle_every}")
+    print(f"{'frame':>6} {'main MB':>8} {'worker MB':>9} {'total MB':>8}")
+    start = time.perf_counter()
+    with_faces = 0
+    for result in results:
+        with_faces += bool(result.faces)
+        if result.index % sample_every == 0 or result.index == frames - 1:
+            main, child = rss_mb(os.getpid()), rss_mb(worker.pid) if worker.pid else 0.0
+            print(f"{result.index:>6} {main:8.1f} {child:9.1f} {main + child:8.1f}")
+    elapsed = time.perf_counter() - start
+    print(
+        f"{with_faces}/{frames} frames with a face, {frames / elapsed:.1f} frames/s, "
+        f"{worker.restarts} worker processes"
+    )
+    worker.close()
+
+    print(f"\nfor comparison: {frames} yunet calls in this process, no recycling")
+    detector = create_detector("yunet")
+    capture = cv2.VideoCapture(str(video))
+    before = rss_mb(os.getpid())
+    i = 0
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        detector.detect(frame)
+        i += 1
+        if i % (sample_every * 2) == 0 or i == frames:
+            print(
+                f"{i:>6} calls: main {rss_mb(os.getpid()):8.1f} MB "
+                f"(+{rss_mb(os.getpid()) - before:.1f} MB)"
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    speed_parser = sub.add_parser("speed")
+    speed_parser.add_argument("--repeats", type=int, default=3)
+    video_parser = sub.add_parser("video-memory")
+    video_parser.add_argument("--frames", type=int, default=3000)
+    video_parser.add_argument("--recycle-every", type=int, default=500)
+    video_parser.add_argument("--sample-every", type=int, default=250)
+    args = parser.parse_args(argv)
+    if args.command == "speed":
+        speed(args.repeats)
+    else:
+        video_memory(args.frames, args.recycle_every, args.sample_every)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -30,7 +30,8 @@ USAGE_TO_SPLIT: dict[str, int] = {"training": 0, "publictest": 1, "privatetest":
 USAGE_NAMES: tuple[str, ...] = ("Training", "PublicTest", "PrivateTest")
 ON_BAD_ROW = ("error", "skip")
 
-_ROWS_PER_CHUNK = 1024  # bounds the temporaries of the pixel parser to ~120 MB
+_ROWS_PER_CHUNK = 512  # ~4 MB of text: the parser's temporaries stay small and in cache
+_SCAN_BLOCK = 1 << 24  # bytes per block when locating newlines and commas
 _MAX_LISTED_LINES = 20
 
 
@@ -157,8 +158,7 @@ def _parse_header(path: Path, header: bytes) -> list[str]:
 def _body_lines(buf: np.ndarray, header_end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Start/end byte offsets of the non-blank lines after the header (end excludes CR/LF),
     and their 1-based line numbers."""
-    newlines = np.flatnonzero(buf == 10)
-    newlines = newlines[newlines > header_end]
+    newlines = _positions(buf, 10, header_end + 1)
     starts = np.concatenate(([header_end + 1], newlines + 1))
     ends = np.concatenate((newlines, [buf.size]))
     line_numbers = np.arange(2, starts.size + 2, dtype=np.int64)
@@ -167,6 +167,16 @@ def _body_lines(buf: np.ndarray, header_end: int) -> tuple[np.ndarray, np.ndarra
     ends = ends - (buf[ends - 1] == 13)  # CRLF
     keep = starts < ends
     return starts[keep], ends[keep], line_numbers[keep]
+
+
+def _positions(buf: np.ndarray, byte: int, start: int) -> np.ndarray:
+    """Offsets of ``byte`` in ``buf[start:]``, scanned in blocks so that the temporary mask is
+    16 MB, not the size of the file."""
+    found = [
+        np.flatnonzero(buf[lo : lo + _SCAN_BLOCK] == byte) + lo
+        for lo in range(start, buf.size, _SCAN_BLOCK)
+    ]
+    return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
 
 
 def _split_fields(
@@ -179,10 +189,7 @@ def _split_fields(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(start, end) offsets of every column of every row; rows whose comma count does not match
     the header are recorded in ``bad`` (their offsets are left pointing at empty spans)."""
-    commas = np.flatnonzero(buf == 44)
-    commas = commas[commas >= starts[0]]
-    # Commas that fall on a skipped blank line / line break belong to no row: there are none,
-    # because blank lines have no bytes; every comma lies inside exactly one row.
+    commas = _positions(buf, 44, int(starts[0]))
     row_of_comma = np.searchsorted(starts, commas, side="right") - 1
     inside = commas < ends[row_of_comma]
     commas, row_of_comma = commas[inside], row_of_comma[inside]

@@ -174,7 +174,10 @@ class FERDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         """Generate the synthetic CSV if missing and parse every CSV into the cache (once, on
         one process; setup() in every process then memory-maps the cached arrays)."""
-        for path in self._source_files().values():
+        files = self._source_files()
+        if self.cache_dir is None:
+            return  # nothing to fill: setup() parses in every process
+        for path in files.values():
             load_splits(path, self.cache_dir, self.on_bad_row)
 
     def setup(self, stage: str | None = None) -> None:

@@ -274,3 +274,17 @@ def test_cache_keeps_skip_report_and_error_mode_still_raises(tmp_path, data, cap
     assert [ln for ln, _ in again.skipped] == [5] and "skipped 1 bad rows" in caplog.text
     with pytest.raises(DatasetError, match="line 5"):
         load_table(path, cache, "error")
+
+
+def test_damaged_cache_entry_is_replaced(tmp_path, data, caplog):
+    faces, labels = data
+    path = write(tmp_path / "fer2013.csv", csv_text(faces, labels, usage_column(N)))
+    cache = tmp_path / "cache"
+    load_table(path, cache)
+    (entry,) = cache.iterdir()
+    (entry / "faces.npy").write_bytes(b"truncated")
+    with caplog.at_level(logging.WARNING):
+        table = load_table(path, cache)
+    assert "damaged data cache entry" in caplog.text
+    np.testing.assert_array_equal(table.faces, faces)
+    assert isinstance(load_table(path, cache).faces, np.memmap)  # rewritten

@@ -100,7 +100,8 @@ def _read_entry(entry: Path, path: Path) -> FaceTable | None:
         labels = np.load(entry / "labels.npy")
         usage = np.load(entry / "usage.npy") if meta["has_usage"] else None
     except (OSError, ValueError, KeyError) as err:
-        log.warning("Ignoring a damaged data cache entry %s (%s).", entry, err)
+        log.warning("Replacing a damaged data cache entry %s (%s).", entry, err)
+        shutil.rmtree(entry, ignore_errors=True)
         return None
     skipped = [(int(line), str(reason)) for line, reason in meta["skipped"]]
     return FaceTable(str(path), faces, labels, usage, skipped)
@@ -122,7 +123,12 @@ def _write_entry(entry: Path, table: FaceTable) -> None:
             "skipped": table.skipped,
         }
         (tmp / "meta.json").write_text(json.dumps(meta))
-        if entry.exists():  # another process finished first, or a stale skip-mode entry
+        if (entry / "meta.json").is_file():
+            # Another process (DDP rank, DataLoader worker) wrote the same entry first and may be
+            # reading it: keep it, drop ours.
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        if entry.exists():  # a damaged entry (no meta.json): replace it
             shutil.rmtree(entry, ignore_errors=True)
         os.replace(tmp, entry)
     except OSError:

@@ -166,6 +166,8 @@ class SquareCropper:
                 self._detector = create_detector(detector)
             except Exception as err:  # the detector module's own errors carry the install hint
                 raise DatasetError(f"--detector {detector}: {err}") from None
+            if detector == "auto":  # record which detector auto chose
+                self.name = type(self._detector).__name__.removesuffix("Detector").lower()
 
     def __call__(self, gray: np.ndarray) -> tuple[np.ndarray, str]:
         """(H, W) uint8 -> (48, 48) uint8 face and the crop method used."""

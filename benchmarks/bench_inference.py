@@ -2,6 +2,7 @@
 
     python benchmarks/bench_inference.py speed [--repeats 3]
     python benchmarks/bench_inference.py video-memory [--frames 3000]
+    python benchmarks/bench_inference.py detectors [--repeats 20]
 
 ``speed`` times, in one run and interleaved (so that machine load hits all alike), the end to end
 work on one 1280x640 frame holding 8 faces (detection included), with the real network
@@ -101,6 +102,28 @@ def speed(repeats: int) -> None:
     )
 
 
+def detector_timings(repeats: int) -> None:
+    """Median milliseconds per ``detect`` call of each installed detector on three images."""
+    from fer_lightning.inference import available_detectors
+
+    photo = astronaut()
+    images = {
+        "320x320 (1 face)": photo,
+        "640x640 (4 faces)": mosaic(photo, 2, 2),
+        "1280x640 (8 faces)": mosaic(photo, 2, 4),
+    }
+    for name in [d for d in available_detectors() if d in ("yunet", "dlib")]:
+        detector = create_detector(name)
+        for label, image in images.items():
+            detector.detect(image)  # warm-up
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                found = detector.detect(image)
+                times.append(time.perf_counter() - start)
+            print(f"{name:>6} {label:>20}: {1000 * np.median(times):7.1f} ms, {len(found)} faces")
+
+
 def _recognizer(model, detector, precision: str) -> EmotionRecognizer:
     return EmotionRecognizer(TorchClassifier(model, "cpu", precision, 224), detector)
 
@@ -181,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     speed_parser = sub.add_parser("speed")
     speed_parser.add_argument("--repeats", type=int, default=3)
+    detectors_parser = sub.add_parser("detectors")
+    detectors_parser.add_argument("--repeats", type=int, default=20)
     video_parser = sub.add_parser("video-memory")
     video_parser.add_argument("--frames", type=int, default=3000)
     video_parser.add_argument("--recycle-every", type=int, default=500)
@@ -188,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "speed":
         speed(args.repeats)
+    elif args.command == "detectors":
+        detector_timings(args.repeats)
     else:
         video_memory(args.frames, args.recycle_every, args.sample_every)
     return 0

@@ -25,6 +25,7 @@ from fer_lightning.inference import (
     load_image,
     read_image,
 )
+from fer_lightning.inference.backends import fold_batchnorms
 from fer_lightning.inference.samples import ASTRONAUT_PATH, astronaut, mosaic
 from fer_lightning.labels import EMOTIONS
 from fer_lightning.models import create_model
@@ -180,3 +181,39 @@ def test_missing_file_and_bad_array():
         read_image(Path("/nonexistent/photo.jpg"))
     with pytest.raises(ImageError, match="expected"):
         load_image(np.zeros((10, 10, 5), np.uint8))
+
+
+def _randomise_batchnorm_statistics(model: torch.nn.Module) -> None:
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
+            module.running_var.copy_(0.5 + torch.rand(n, generator=generator))
+
+
+def test_batchnorm_folding_keeps_the_logits():
+    torch.manual_seed(4)
+    model = create_model("resnet18").eval()
+    _randomise_batchnorm_statistics(model)
+    folded = fold_batchnorms(model, SMALL_INPUT)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 20  # untouched
+    x = torch.rand(3, 3, SMALL_INPUT, SMALL_INPUT)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_batchnorm_folding_refuses_a_norm_applied_before_its_conv():
+    class NormFirst(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = torch.nn.Conv2d(3, 3, 3, padding=1)
+            self.bn1 = torch.nn.BatchNorm2d(3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv1(self.bn1(x))
+
+    model = NormFirst().eval()
+    _randomise_batchnorm_statistics(model)
+    assert fold_batchnorms(model, 16) is model

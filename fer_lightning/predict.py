@@ -51,7 +51,7 @@ class PredictConfig:
     input_size: int | None = None  # network input side (default: the checkpoint's, else 224)
     batch_size: int = 32  # faces per network batch
     image_batch: int = 16  # images read and detected before their faces go through together
-    margin: float = 0.1  # square crop 1 + margin times the box's mean side
+    margin: float = 0.1  # square crop 1 + 2 * margin times the box's longer side
     align_faces: bool = True  # level the eyes when the detector gives landmarks
     draw: bool = True  # write annotated images / videos
     max_frames: int | None = None  # stop videos and webcams after this many frames

@@ -141,3 +141,21 @@ def test_recycled_worker_gives_the_same_faces_and_restarts(yunet, photo):
         first_pid = worker.pid
         worker.detect(photo)
         assert worker.restarts == 4 and worker.pid != first_pid
+
+
+@pytest.mark.parametrize("box", [(112, 39, 167, 107), (-20, 250, 40, 330), (0, 0, 320, 320)])
+def test_unrotated_crop_is_the_dataset_converters_crop(photo, box):
+    """Inference crops faces exactly as fer_lightning.data.convert cut the training faces."""
+    convert = pytest.importorskip("fer_lightning.data.convert")
+    gray = cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY)
+    detection = Detection(box, 1.0)
+
+    class FixedBox:  # stands in for a detector that found ``box``
+        def detect(self, image):
+            return [detection]
+
+    cropper = convert.SquareCropper("none")
+    cropper._detector = FixedBox()  # the converter has no public way to pass a detector object
+    expected, method = cropper(gray)
+    assert method.startswith("detector")
+    np.testing.assert_array_equal(crop_face(gray, detection, align=False), expected)

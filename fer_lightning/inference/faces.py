@@ -1,10 +1,11 @@
 """Face crops as the network was trained on them: square, grayscale, 48x48.
 
-The training data (FER2013 and friends) are 48x48 grayscale faces; the network input is then
-made from them on the device by :func:`fer_lightning.data.to_model_input`. Here a detection
-becomes such a crop: a square around the box's centre, ``1 + margin`` times the box's mean side
-(as the published package cropped), optionally rotated so that the eyes are level (as the
-published webcam demo did), with black outside the image, and area-averaged down to 48x48.
+The training data are 48x48 grayscale faces; the network input is then made from them on the
+device by :func:`fer_lightning.data.to_model_input`. Here a detection becomes such a crop the
+way the dataset converter (``fer_lightning.data.convert``) cut its faces: a square
+``1 + 2 * margin`` times the box's longer side around its centre, edge pixels repeated where it
+leaves the image, area-averaged to 48x48. Optionally the square is first rotated so that the
+eyes are level (as the published webcam demo did), when the detector gives eye landmarks.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import numpy as np
 from fer_lightning.inference.detectors import Detection
 from fer_lightning.labels import FACE_SIZE
 
+# As fer_lightning.data.convert.CROP_MARGIN: detector boxes are tight.
 DEFAULT_MARGIN = 0.1
-# Below this the eyes are level enough; rotating would only blur the crop.
+# Below this the eyes are level enough; rotating would only resample the crop.
 MIN_TILT_DEG = 2.0
 # Landmarks (right eye, left eye, ...) disagreeing with the box this much are not trusted.
 MAX_TILT_DEG = 60.0
-# Crops are sampled at most this large before area-averaging to 48 (8x oversampling).
+# Rotated crops are sampled at most this large before area-averaging to 48 (8x oversampling).
 MAX_NATIVE_SIDE = 8 * FACE_SIZE
 
 
@@ -45,35 +47,43 @@ def crop_face(
 ) -> np.ndarray:
     """The ``size`` x ``size`` uint8 grayscale crop of ``detection`` in ``gray`` (H, W) uint8.
 
-    With ``align`` and landmarks, the square is rotated about the box centre so that the eyes
-    come out level.
+    Without rotation this is pixel for pixel the dataset converter's crop. With ``align`` and
+    landmarks tilted by more than 2 degrees, the square is rotated about the box centre so
+    that the eyes come out level.
     """
     x0, y0, x1, y1 = detection.box
-    centre_x, centre_y = (x0 + x1) / 2.0, (y0 + y1) / 2.0
-    side = max(2.0, (1.0 + margin) * ((x1 - x0) + (y1 - y0)) / 2.0)
+    side = max(1, round(max(x1 - x0, y1 - y0) * (1 + 2 * margin)))
+    centre_x, centre_y = (x0 + x1) / 2, (y0 + y1) / 2
     angle = eye_tilt_degrees(detection.landmarks) if align else 0.0
     if abs(angle) < MIN_TILT_DEG:
-        angle = 0.0
-    # Sample the square at (about) its native resolution, then area-average down: a direct
-    # warp to 48x48 would alias large faces.
-    native = int(min(max(round(side), size), MAX_NATIVE_SIDE))
-    scale = native / side
-    # Affine map source -> native square: rotate by ``angle`` about the centre, scale, and move
-    # the centre to the square's centre.
-    matrix = cv2.getRotationMatrix2D((centre_x, centre_y), angle, scale)
-    matrix[0, 2] += native / 2.0 - centre_x
-    matrix[1, 2] += native / 2.0 - centre_y
-    square = cv2.warpAffine(
-        gray,
-        matrix,
-        (native, native),
-        flags=cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_CONSTANT,
-        borderValue=0,
+        square = _square(gray, centre_x, centre_y, side)
+    else:
+        square = _rotated_square(gray, centre_x, centre_y, side, angle)
+    interpolation = cv2.INTER_AREA if square.shape[0] >= size else cv2.INTER_LINEAR
+    return cv2.resize(square, (size, size), interpolation=interpolation)
+
+
+def _square(gray: np.ndarray, centre_x: float, centre_y: float, side: int) -> np.ndarray:
+    height, width = gray.shape
+    sx, sy = round(centre_x - side / 2), round(centre_y - side / 2)
+    pad = max(0, -sx, -sy, sx + side - width, sy + side - height)
+    if pad:
+        gray = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    return gray[sy + pad : sy + pad + side, sx + pad : sx + pad + side]
+
+
+def _rotated_square(
+    gray: np.ndarray, centre_x: float, centre_y: float, side: int, angle: float
+) -> np.ndarray:
+    # Sampled near native resolution (area-averaged to 48 afterwards): a direct warp to 48x48
+    # would alias large faces.
+    native = int(min(max(side, FACE_SIZE), MAX_NATIVE_SIDE))
+    matrix = cv2.getRotationMatrix2D((centre_x, centre_y), angle, native / side)
+    matrix[0, 2] += native / 2 - centre_x
+    matrix[1, 2] += native / 2 - centre_y
+    return cv2.warpAffine(
+        gray, matrix, (native, native), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
-    if native == size:
-        return square
-    return cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA)
 
 
 def crop_faces(

@@ -54,9 +54,9 @@ class EmotionRecognizer:
     >>> faces = recognizer.predict("photo.jpg")      # [FacePrediction(box=..., label=...)]
     >>> annotated = recognizer.draw("photo.jpg", faces)
 
-    ``margin`` widens the square crop around each box (0.1: 10 % larger than the box's mean
-    side); ``align_faces`` rotates faces so that the eyes are level when the detector gives
-    landmarks.
+    ``margin`` widens the square crop around each box (0.1: 1.2 times the box's longer side,
+    as the dataset converter crops); ``align_faces`` rotates faces so that the eyes are level
+    when the detector gives landmarks.
     """
 
     def __init__(

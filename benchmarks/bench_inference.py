@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +37,7 @@ import numpy as np
 import torch
 
 from fer_lightning.inference import EmotionRecognizer, TorchClassifier, create_detector
+from fer_lightning.inference.detector_worker import RecycledDetector
 from fer_lightning.inference.samples import astronaut, mosaic
 from fer_lightning.models import create_model
 
@@ -66,7 +68,9 @@ def original_style_loop(model: torch.nn.Module, detector, frame: np.ndarray) -> 
 def speed(repeats: int) -> None:
     torch.manual_seed(0)
     model = create_model("resmasking_dropout1").eval()
-    detector = create_detector("yunet")
+    # yunet as the recogniser runs it (a worker process: in-process beside torch it is ~10x
+    # slower here), shared by all three so that detection costs them the same.
+    detector = RecycledDetector("yunet")
     frame = eight_face_frame()
     n_faces = len(detector.detect(frame))
     print(f"frame {frame.shape[1]}x{frame.shape[0]}, {n_faces} faces found by yunet")
@@ -157,10 +161,9 @@ def video_memory(frames: int, recycle_every: int, sample_every: int) -> None:
     work = Path(tempfile.mkdtemp())
     video = work / "moving.avi"
     write_moving_face_video(video, frames)
+    print(f"video: {video}")
     torch.manual_seed(0)
     classifier = TorchClassifier(create_model("resnet18"), "cpu", "fp32", 64)
-    from fer_lightning.inference.detector_worker import RecycledDetector
-
     # The detector predict_video would make for yunet, made here to read its worker's pid.
     worker = RecycledDetector("yunet", recycle_every=recycle_every)
     recognizer = EmotionRecognizer(classifier, detector=worker)
@@ -181,22 +184,45 @@ def video_memory(frames: int, recycle_every: int, sample_every: int) -> None:
     )
     worker.close()
 
-    print(f"\nfor comparison: {frames} yunet calls in this process, no recycling")
+    # The same detections in a fresh process without recycling: this process has freed heap
+    # (from the network) that a leak would first reuse without growing.
+    print(f"\nfor comparison: {frames} yunet calls in one fresh process, no recycling")
+    subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "detector-memory",
+            "--video",
+            str(video),
+            "--sample-every",
+            str(sample_every),
+        ],
+        check=True,
+    )
+
+
+def detector_memory(video: Path, sample_every: int) -> None:
+    """Resident memory of this process while yunet runs in it over every frame of ``video``."""
     detector = create_detector("yunet")
     capture = cv2.VideoCapture(str(video))
+    ok, frame = capture.read()
+    detector.detect(frame)  # first call: one-off allocations
     before = rss_mb(os.getpid())
-    i = 0
-    while True:
+    calls = 1
+    while ok:
         ok, frame = capture.read()
         if not ok:
             break
         detector.detect(frame)
-        i += 1
-        if i % (sample_every * 2) == 0 or i == frames:
-            print(
-                f"{i:>6} calls: main {rss_mb(os.getpid()):8.1f} MB "
-                f"(+{rss_mb(os.getpid()) - before:.1f} MB)"
-            )
+        calls += 1
+        if calls % sample_every == 0:
+            now = rss_mb(os.getpid())
+            print(f"{calls:>6} calls: {now:7.1f} MB (+{now - before:.1f} MB)", flush=True)
+    now = rss_mb(os.getpid())
+    print(
+        f"{calls:>6} calls: {now:7.1f} MB (+{now - before:.1f} MB, "
+        f"{1024 * (now - before) / max(1, calls - 1):.1f} KB per call)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     speed_parser.add_argument("--repeats", type=int, default=3)
     detectors_parser = sub.add_parser("detectors")
     detectors_parser.add_argument("--repeats", type=int, default=20)
+    leak_parser = sub.add_parser("detector-memory")
+    leak_parser.add_argument("--video", type=Path, required=True)
+    leak_parser.add_argument("--sample-every", type=int, default=250)
     video_parser = sub.add_parser("video-memory")
     video_parser.add_argument("--frames", type=int, default=3000)
     video_parser.add_argument("--recycle-every", type=int, default=500)
@@ -213,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "speed":
         speed(args.repeats)
+    elif args.command == "detector-memory":
+        detector_memory(args.video, args.sample_every)
     elif args.command == "detectors":
         detector_timings(args.repeats)
     else:

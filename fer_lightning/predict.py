@@ -136,9 +136,9 @@ def build_recognizer(config: PredictConfig):  # -> EmotionRecognizer
     if config.detector_model is not None:
         detector_options["model_path"] = config.detector_model
     try:
-        from fer_lightning.inference import create_detector
+        from fer_lightning.inference.recognizer import detector_for_recognizer
 
-        detector = create_detector(config.detector, **detector_options)
+        detector = detector_for_recognizer(config.detector, **detector_options)
         return EmotionRecognizer.from_checkpoint(
             config.ckpt_path,
             device=config.device,

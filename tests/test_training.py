@@ -37,6 +37,13 @@ SMALL_DATA = [
     "data.synthetic.val_per_class=10",
     "data.synthetic.test_per_class=10",
 ]
+# The short real run's data: enough faces for a ResNet-18 to learn in a few epochs.
+TRAINED_RUN_DATA = [
+    "data.batch_size=32",
+    "data.synthetic.train_per_class=100",
+    "data.synthetic.val_per_class=30",
+    "data.synthetic.test_per_class=30",
+]
 FAST = [*SMALL_DATA, "trainer=cpu", "logger=csv", "callbacks.progress_bar.refresh_rate=0"]
 
 
@@ -167,10 +174,7 @@ def trained_run(tmp_path_factory):
             "optimizer.lr=1e-3",
             "trainer.max_epochs=4",
             "scheduler=cosine",
-            "data.batch_size=32",
-            "data.synthetic.train_per_class=100",
-            "data.synthetic.val_per_class=30",
-            "data.synthetic.test_per_class=30",
+            *TRAINED_RUN_DATA,
         ],
     )
     results = train(cfg)
@@ -402,7 +406,12 @@ def test_eval_single_checkpoint_and_ensemble(trained_run, tmp_path):
     # A second member in the published RMN format.
     published = tmp_path / "published_resnet18.pt"
     torch.save({"net": load_model(best).state_dict(), "best_val_acc": 0.5}, published)
-    common = [*SMALL_DATA, f"paths.data_dir={run_root / 'data'}", "input_size=64"]
+    common = [
+        *SMALL_DATA,
+        *TRAINED_RUN_DATA,
+        f"paths.data_dir={run_root / 'data'}",
+        "input_size=64",
+    ]
     single = run_cli(
         "fer_lightning.eval",
         [f"ckpt_path={best}", *common, f"hydra.run.dir={tmp_path / 'single'}"],

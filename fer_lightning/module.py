@@ -40,7 +40,12 @@ def plain(value: Any) -> Any:
     return value
 
 
-DEFAULT_OPTIMIZER = {"_target_": "torch.optim.RAdam", "lr": 1e-4, "weight_decay": 1e-3}
+DEFAULT_OPTIMIZER = {
+    "_target_": "torch.optim.RAdam",
+    "lr": 1e-4,
+    "weight_decay": 1e-3,
+    "foreach": True,
+}
 
 
 class FERClassifier(pl.LightningModule):

@@ -16,12 +16,12 @@ import time
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
 
-from fer_lightning.module import FERClassifier  # noqa: E402
+from fer_lightning.module import FERClassifier
 
 
 class RandomBatches(Dataset):

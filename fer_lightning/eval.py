@@ -20,10 +20,10 @@ import torch
 from omegaconf import DictConfig, ListConfig
 
 from fer_lightning import config as _config  # noqa: F401  (registers the resolvers)
-from fer_lightning.checkpoints import CheckpointError, load_model
+from fer_lightning.checkpoints import load_model
 from fer_lightning.evaluation import Predictions, average, metrics, predict
 from fer_lightning.reporting import write_json
-from fer_lightning.train import UserError, _user_errors
+from fer_lightning.train import USER_ERRORS, UserError
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def format_results(results: dict[str, Any]) -> str:
 def main(cfg: DictConfig) -> None:
     try:
         results = evaluate(cfg)
-    except (*_user_errors(), CheckpointError) as error:
+    except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     path = write_json(Path(cfg.paths.output_dir) / "eval_results.json", results)

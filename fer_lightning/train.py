@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from fer_lightning import config as _config  # noqa: F401  (registers the resolvers)
 from fer_lightning.callbacks import EpochHistory
 from fer_lightning.checkpoints import CheckpointError, load_model, read_checkpoint
+from fer_lightning.data import DatasetError
 from fer_lightning.evaluation import metrics, predict
 from fer_lightning.module import FERClassifier, NonFiniteLossError
 from fer_lightning.reporting import confusion_matrix_figure, format_summary, write_run_report
@@ -77,16 +78,12 @@ def _mtime(path: Path) -> float:
     return path.stat().st_mtime
 
 
-def _checkpoint_callback(trainer: pl.Trainer) -> pl.callbacks.ModelCheckpoint | None:
-    return trainer.checkpoint_callback
-
-
 def epoch_history(trainer: pl.Trainer) -> list[dict[str, float]]:
     """Per-epoch metrics: from the callback, or (after ``ddp_spawn``) from the last checkpoint."""
     for callback in trainer.callbacks:
         if isinstance(callback, EpochHistory) and callback.rows:
             return callback.rows
-    checkpoint_cb = _checkpoint_callback(trainer)
+    checkpoint_cb = trainer.checkpoint_callback
     if checkpoint_cb is None or not checkpoint_cb.dirpath:
         return []
     # ddp_spawn hands the best path, not the callback states, back to the main process.
@@ -101,7 +98,7 @@ def evaluate_best(
     cfg: DictConfig, trainer: pl.Trainer, datamodule: pl.LightningDataModule, model: FERClassifier
 ) -> dict[str, Any]:
     """Test the best checkpoint (or the final weights without one) on one process."""
-    checkpoint_cb = _checkpoint_callback(trainer)
+    checkpoint_cb = trainer.checkpoint_callback
     best = checkpoint_cb.best_model_path if checkpoint_cb else ""
     net = load_model(best) if best else model.net
     if not best:
@@ -191,16 +188,13 @@ def _record_failure(cfg: DictConfig, error: BaseException) -> None:
     )
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (UserError, CheckpointError, NonFiniteLossError)
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors with a message meant for the user (the data layer adds its own)."""
-    try:
-        from fer_lightning.data import DatasetError
-    except ImportError:
-        return USER_ERRORS
-    return (*USER_ERRORS, DatasetError)
+# Errors whose message is meant for the user: printed without a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UserError,
+    CheckpointError,
+    DatasetError,
+    NonFiniteLossError,
+)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
@@ -208,7 +202,7 @@ def main(cfg: DictConfig) -> float | None:
     """Entry point; returns ``cfg.optimized_metric`` for sweeps (NaN for a failed job)."""
     try:
         results = train(cfg)
-    except _user_errors() as error:
+    except USER_ERRORS as error:
         if _is_multirun():
             log.error("Job failed: %s", error)
             _record_failure(cfg, error)

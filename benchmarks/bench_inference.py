@@ -36,8 +36,8 @@ import cv2
 import numpy as np
 import torch
 
+from fer_lightning.faces.detector_worker import RecycledDetector
 from fer_lightning.inference import EmotionRecognizer, TorchClassifier, create_detector
-from fer_lightning.inference.detector_worker import RecycledDetector
 from fer_lightning.inference.samples import astronaut, mosaic
 from fer_lightning.models import create_model
 

@@ -19,9 +19,11 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from fer_lightning.module import FERClassifier
+from fer_lightning.cli.config import CONFIG_DIR
+from fer_lightning.training.module import FERClassifier
 
 
 class RandomBatches(Dataset):
@@ -76,7 +78,12 @@ def lightning_loop(
 ) -> float:
     """images/s of ``Trainer.fit`` over the same batches with the given settings."""
     torch.manual_seed(0)
-    module = FERClassifier(arch=arch, channels_last=channels_last, scheduler=None)
+    paper_optimizer = OmegaConf.to_container(
+        OmegaConf.load(CONFIG_DIR / "optimizer" / "radam.yaml")
+    )
+    module = FERClassifier(
+        arch=arch, channels_last=channels_last, scheduler=None, optimizer=paper_optimizer
+    )
     timer = StepTimer(warmup)
     trainer = pl.Trainer(
         accelerator="cpu",

@@ -1,10 +1,7 @@
 """The CPU-side training augmentation: an albumentations pipeline at the native 48x48.
 
-Configured as an ordered mapping ``{TransformName: {argument: value}}`` (a Hydra dict), e.g. the
-paper's default::
-
-    HorizontalFlip: {p: 0.5}
-    Rotate: {limit: 30, border_mode: BORDER_CONSTANT, fill: 0, p: 1.0}
+Configured as an ordered mapping ``{TransformName: {argument: value}}`` (a Hydra dict); the
+paper's (horizontal flip, rotation within +-30 degrees) is the default of ``conf/data/common.yaml``.
 
 ``border_mode`` and ``interpolation`` accept OpenCV constant names. Unknown transforms, and the
 arguments albumentations would only warn about and ignore (outdated names), are errors.
@@ -22,22 +19,16 @@ import cv2
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no online version check on import
 import albumentations as A
 
-PAPER_AUGMENT: dict[str, dict[str, Any]] = {
-    "HorizontalFlip": {"p": 0.5},
-    "Rotate": {"limit": 30, "border_mode": "BORDER_CONSTANT", "fill": 0, "p": 1.0},
-}
 _CV2_CONSTANT_ARGS = ("border_mode", "interpolation", "mask_interpolation")
 
 
 def build_augment(config: Mapping[str, Mapping[str, Any] | None] | None) -> A.Compose | None:
-    """An albumentations ``Compose`` from ``config`` (None -> the paper's; empty -> None).
+    """An albumentations ``Compose`` from ``config`` (None or empty -> None: no augmentation).
 
     Raises ``ValueError`` naming the transform and argument when the config is wrong.
     """
-    if config is None:
-        config = PAPER_AUGMENT
     transforms = []
-    for name, args in config.items():
+    for name, args in (config or {}).items():
         cls = getattr(A, str(name), None)
         if not (isinstance(cls, type) and issubclass(cls, A.BasicTransform)):
             raise ValueError(f"augment: {name!r} is not an albumentations transform.")

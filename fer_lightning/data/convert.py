@@ -1,8 +1,9 @@
 """Converters from the raw downloads (JAFFE TIFFs, FACES JPEGs, the Kaggle image-folder copy of
 FER2013) to FER-format CSVs: ``emotion,pixels[,Usage],subject,crop``.
 
-Each image: find the face (a detector from ``fer_lightning.inference``, or a centred square
-crop with ``detector="none"``), crop it square, convert to grayscale, resize to 48x48. The
+Each image: read it with the project's safe image reader, find the face (a detector from
+:mod:`fer_lightning.faces.detectors`, or a centred square crop with ``detector="none"``), cut it
+with :func:`fer_lightning.faces.crop.crop_face` (the crop inference uses too), 48x48 grayscale. The
 ``crop`` column records how each face was cut out; ``subject`` keeps the person (JAFFE, FACES)
 so that splits can be made by person. Unreadable images and unknown names are collected and
 reported by name; nothing is skipped silently.
@@ -22,12 +23,14 @@ import numpy as np
 from fer_lightning.data.csv_reader import USAGE_TO_SPLIT
 from fer_lightning.data.csv_writer import write_face_csv
 from fer_lightning.data.errors import DatasetError, DatasetNotFoundError
-from fer_lightning.labels import EMOTIONS, FACE_SIZE
+from fer_lightning.faces.crop import crop_face
+from fer_lightning.faces.detectors import Detection
+from fer_lightning.faces.images import IMAGE_SUFFIXES, ImageError, read_image
+from fer_lightning.labels import EMOTIONS
 
 log = logging.getLogger(__name__)
 
 KINDS = ("jaffe", "faces", "folder")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 # JAFFE: KA.AN1.39.tiff -> subject KA, expression AN.
 JAFFE_CODES = {"AN": 0, "DI": 1, "FE": 2, "HA": 3, "SA": 4, "SU": 5, "NE": 6}
 _JAFFE_NAME = re.compile(r"^([A-Za-z]+)\.([A-Za-z]{2})\d*\.\d+\.tiff?$", re.IGNORECASE)
@@ -60,7 +63,6 @@ FOLDER_SPLITS = {
     "test": 2,
     "privatetest": 2,
 }
-CROP_MARGIN = 0.1  # detector boxes are tight: keep a little forehead and chin
 
 
 @dataclass
@@ -86,9 +88,10 @@ class ConvertReport:
 def _images(src: Path) -> list[Path]:
     if not src.is_dir():
         raise DatasetNotFoundError(f"{src}: no such folder.")
-    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    # Regular files only: a FIFO or device named *.jpg would block the read forever.
+    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
-        raise DatasetNotFoundError(f"{src}: no images ({', '.join(IMAGE_SUFFIXES)}) found.")
+        raise DatasetNotFoundError(f"{src}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found.")
     return files
 
 
@@ -155,13 +158,8 @@ class SquareCropper:
         self.name = detector
         self._detector = None
         if detector != "none":
-            try:
-                from fer_lightning.inference import create_detector
-            except ImportError as err:
-                raise DatasetError(
-                    f"--detector {detector}: the face detectors (fer_lightning.inference) are not "
-                    f"available ({err}); use --detector none for a centred square crop."
-                ) from None
+            from fer_lightning.faces.detectors import create_detector
+
             try:
                 self._detector = create_detector(detector)
             except Exception as err:  # the detector module's own errors carry the install hint
@@ -172,28 +170,16 @@ class SquareCropper:
     def __call__(self, gray: np.ndarray) -> tuple[np.ndarray, str]:
         """(H, W) uint8 -> (48, 48) uint8 face and the crop method used."""
         h, w = gray.shape
-        box, method = None, "center"
+        method = "center"
         if self._detector is not None:
             found = self._detector.detect(gray)
             if found:
-                box, method = found[0].box, f"detector:{self.name}"
-            else:
-                method = "center:no-face"
-        if box is None:
-            side = min(h, w)
-            x0, y0 = (w - side) // 2, (h - side) // 2
-            square = gray[y0 : y0 + side, x0 : x0 + side]
-        else:
-            x0, y0, x1, y1 = box
-            side = round(max(x1 - x0, y1 - y0) * (1 + 2 * CROP_MARGIN))
-            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-            sx, sy = round(cx - side / 2), round(cy - side / 2)
-            # Pad with edge pixels where the square leaves the image.
-            pad = max(0, -sx, -sy, sx + side - w, sy + side - h)
-            padded = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-            square = padded[sy + pad : sy + pad + side, sx + pad : sx + pad + side]
-        interpolation = cv2.INTER_AREA if square.shape[0] >= FACE_SIZE else cv2.INTER_LINEAR
-        return cv2.resize(square, (FACE_SIZE, FACE_SIZE), interpolation=interpolation), method
+                face = crop_face(gray, found[0], align=False)
+                return face, f"detector:{self.name}"
+            method = "center:no-face"
+        side = min(h, w)
+        x0, y0 = (w - side) // 2, (h - side) // 2
+        return crop_face(gray, Detection((x0, y0, x0 + side, y0 + side), 1.0), margin=0.0), method
 
 
 def convert(
@@ -217,9 +203,10 @@ def convert(
     cropper = SquareCropper(detector)
     faces, kept = [], []
     for item in progress(items) if progress else items:
-        image = cv2.imread(str(item.path), cv2.IMREAD_GRAYSCALE)
-        if image is None or image.size == 0:
-            problems.append(f"{item.path}: not a readable image")
+        try:
+            image = cv2.cvtColor(read_image(item.path), cv2.COLOR_BGR2GRAY)
+        except ImageError as error:
+            problems.append(str(error))
             continue
         face, method = cropper(image)
         faces.append(face)

@@ -23,16 +23,17 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from fer_lightning.data.augment import build_augment
 from fer_lightning.data.csv_reader import ON_BAD_ROW
 from fer_lightning.data.dataset import FaceDataset, collate_batch
-from fer_lightning.data.device_transforms import to_model_input
 from fer_lightning.data.errors import DatasetError, DatasetNotFoundError
 from fer_lightning.data.sources import SplitRef, find_csv_files, load_splits
 from fer_lightning.data.synthetic import generate_synthetic_csv
+from fer_lightning.faces.transforms import to_model_input
 from fer_lightning.labels import EMOTIONS, NUM_CLASSES
+from fer_lightning.models.presets import check_input_size, default_input_size
 
 log = logging.getLogger(__name__)
 
 DATASETS = ("fer2013", "fer2013_faces_jaffe", "synthetic")
-SYNTHETIC_DEFAULTS = {"train_per_class": 250, "val_per_class": 60, "test_per_class": 60, "seed": 0}
+SYNTHETIC_KEYS = ("train_per_class", "val_per_class", "test_per_class", "seed")
 
 # How to obtain each dataset, for the message when it is missing.
 WHERE_TO_GET = {
@@ -67,16 +68,16 @@ class FERDataModule(pl.LightningDataModule):
         batch_size / eval_batch_size: training / validation and test batch sizes
             (``eval_batch_size=None`` -> ``batch_size``).
         num_workers, pin_memory, persistent_workers: passed to every DataLoader.
-        input_size: side of the network input, a multiple of 32.
+        input_size: side of the network input, a multiple of 32 (default: the paper's, 224).
         augment: ``{TransformName: {arg: value}}`` albumentations pipeline for training at 48x48;
-            ``None`` -> the paper's (horizontal flip p=0.5, rotation within +-30 degrees with a
-            black border); ``{}`` -> no augmentation.
+            ``None`` or ``{}`` -> no augmentation (the configs default to the paper's).
         balanced_sampler: draw training samples with probability inverse to their class count.
         on_bad_row: ``error`` (default) or ``skip`` bad CSV rows (reported with line numbers).
         cache_dir: parsed-array cache (default ``<root>/.cache``; ``None`` in config -> default).
         use_cache: ``False`` parses every CSV on every setup.
         fer2013, faces, jaffe: dataset locations (file or folder), relative to ``root``.
-        synthetic: ``{train_per_class, val_per_class, test_per_class, seed}`` and optionally
+        synthetic: ``{train_per_class, val_per_class, test_per_class, seed}`` (required for
+            ``dataset="synthetic"``; ``conf/data/synthetic.yaml`` has the defaults) and optionally
             ``dir`` (default ``<root>/synthetic``).
         drop_last: drop the last incomplete training batch.
     """
@@ -89,7 +90,7 @@ class FERDataModule(pl.LightningDataModule):
         num_workers: int = 2,
         pin_memory: bool = False,
         persistent_workers: bool = False,
-        input_size: int = 224,
+        input_size: int | None = None,
         augment: Mapping[str, Any] | None = None,
         balanced_sampler: bool = False,
         on_bad_row: str = "error",
@@ -107,8 +108,7 @@ class FERDataModule(pl.LightningDataModule):
             raise ValueError(f"data.dataset must be one of {DATASETS}, not {dataset!r}.")
         if on_bad_row not in ON_BAD_ROW:
             raise ValueError(f"data.on_bad_row must be one of {ON_BAD_ROW}, not {on_bad_row!r}.")
-        if input_size < 32 or input_size % 32:
-            raise ValueError(f"data.input_size must be a multiple of 32, not {input_size}.")
+        input_size = check_input_size(input_size or default_input_size(), "data.input_size")
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise ValueError("data.batch_size and data.eval_batch_size must be >= 1.")
         self.dataset = dataset
@@ -126,15 +126,20 @@ class FERDataModule(pl.LightningDataModule):
             (Path(cache_dir) if cache_dir else self.root / ".cache") if use_cache else None
         )
         self.sources = {"fer2013": fer2013, "faces": faces, "jaffe": jaffe}
-        unknown = set(_plain(synthetic) or {}) - {*SYNTHETIC_DEFAULTS, "dir"}
+        unknown = set(_plain(synthetic) or {}) - {*SYNTHETIC_KEYS, "dir"}
         if unknown:
             raise ValueError(f"data.synthetic: unknown keys {sorted(unknown)}.")
-        self.synthetic = {**SYNTHETIC_DEFAULTS, **(_plain(synthetic) or {})}
+        self.synthetic = dict(_plain(synthetic) or {})
         self.drop_last = drop_last
         self.num_classes = NUM_CLASSES
         self.label_names: tuple[str, ...] = EMOTIONS
         # Built in setup(); augmentation is checked now so that a bad config fails at once.
         self._augment = build_augment(self.augment_config)
+        missing = [k for k in SYNTHETIC_KEYS if k not in self.synthetic]
+        if dataset == "synthetic" and missing:
+            raise ValueError(
+                f"data.synthetic needs {', '.join(missing)} (see conf/data/synthetic.yaml)."
+            )
         self.train_set: FaceDataset | None = None
         self.val_set: FaceDataset | None = None
         self.test_set: FaceDataset | None = None
@@ -146,7 +151,7 @@ class FERDataModule(pl.LightningDataModule):
 
     def _synthetic_csv(self) -> Path:
         folder = self.synthetic.get("dir") or self.root / "synthetic"
-        sizes = {k: int(self.synthetic[k]) for k in SYNTHETIC_DEFAULTS}
+        sizes = {k: int(self.synthetic[k]) for k in SYNTHETIC_KEYS}
         return generate_synthetic_csv(folder, **sizes)
 
     def _source_files(self) -> dict[str, Path]:

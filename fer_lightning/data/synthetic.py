@@ -166,10 +166,11 @@ def synthetic_csv_path(
 
 def generate_synthetic_csv(
     folder: str | Path,
-    train_per_class: int = 250,
-    val_per_class: int = 60,
-    test_per_class: int = 60,
-    seed: int = 0,
+    *,
+    train_per_class: int,
+    val_per_class: int,
+    test_per_class: int,
+    seed: int,
 ) -> Path:
     """Write (if missing) a FER2013-format CSV with ``Usage`` and return its path.
 

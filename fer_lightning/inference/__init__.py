@@ -5,8 +5,8 @@
 >>> for face in recognizer.predict("photo.jpg"):
 ...     print(face.box, face.label, face.probs)
 
-Names are imported lazily (PEP 562): the detector module alone imports neither torch nor the
-optional backends, so the video path's detection worker process starts fast.
+Names are imported lazily (PEP 562), so that ``import fer_lightning.inference`` stays cheap and
+the detectors (:mod:`fer_lightning.faces`) can be used without torch.
 """
 
 from __future__ import annotations
@@ -15,34 +15,34 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Detection": "detectors",
-    "DetectorUnavailableError": "detectors",
-    "FaceDetector": "detectors",
-    "YuNetDetector": "detectors",
-    "DlibDetector": "detectors",
-    "OpenCVYuNetDetector": "detectors",
-    "WholeImageDetector": "detectors",
-    "available_detectors": "detectors",
-    "create_detector": "detectors",
-    "ImageError": "images",
-    "load_image": "images",
-    "read_image": "images",
-    "to_bgr": "images",
-    "crop_face": "faces",
-    "crop_faces": "faces",
-    "eye_tilt_degrees": "faces",
-    "draw_faces": "drawing",
-    "EmotionClassifier": "backends",
-    "OnnxClassifier": "backends",
-    "TorchClassifier": "backends",
-    "EmotionRecognizer": "recognizer",
-    "FacePrediction": "recognizer",
-    "save_face_crops": "recognizer",
-    "RecycledDetector": "detector_worker",
-    "ASTRONAUT_PATH": "samples",
-    "astronaut": "samples",
-    "mosaic": "samples",
-    "predict_video": "video",
+    "Detection": "fer_lightning.faces.detectors",
+    "DetectorUnavailableError": "fer_lightning.faces.detectors",
+    "FaceDetector": "fer_lightning.faces.detectors",
+    "YuNetDetector": "fer_lightning.faces.detectors",
+    "DlibDetector": "fer_lightning.faces.detectors",
+    "OpenCVYuNetDetector": "fer_lightning.faces.detectors",
+    "WholeImageDetector": "fer_lightning.faces.detectors",
+    "available_detectors": "fer_lightning.faces.detectors",
+    "create_detector": "fer_lightning.faces.detectors",
+    "ImageError": "fer_lightning.faces.images",
+    "load_image": "fer_lightning.faces.images",
+    "read_image": "fer_lightning.faces.images",
+    "to_bgr": "fer_lightning.faces.images",
+    "crop_face": "fer_lightning.faces.crop",
+    "crop_faces": "fer_lightning.faces.crop",
+    "eye_tilt_degrees": "fer_lightning.faces.crop",
+    "draw_faces": "fer_lightning.inference.drawing",
+    "EmotionClassifier": "fer_lightning.inference.backends",
+    "OnnxClassifier": "fer_lightning.inference.backends",
+    "TorchClassifier": "fer_lightning.inference.backends",
+    "EmotionRecognizer": "fer_lightning.inference.recognizer",
+    "FacePrediction": "fer_lightning.inference.recognizer",
+    "save_face_crops": "fer_lightning.inference.recognizer",
+    "RecycledDetector": "fer_lightning.faces.detector_worker",
+    "ASTRONAUT_PATH": "fer_lightning.inference.samples",
+    "astronaut": "fer_lightning.inference.samples",
+    "mosaic": "fer_lightning.inference.samples",
+    "predict_video": "fer_lightning.inference.video",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -50,7 +50,7 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        module = importlib.import_module(f"fer_lightning.inference.{_EXPORTS[name]}")
+        module = importlib.import_module(_EXPORTS[name])
         return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

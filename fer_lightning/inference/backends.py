@@ -6,7 +6,6 @@ the network input with :func:`fer_lightning.data.to_model_input`, the training p
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
@@ -18,45 +17,16 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from fer_lightning.data.device_transforms import to_model_input
+from fer_lightning.faces.transforms import to_model_input
 from fer_lightning.labels import EMOTIONS
+from fer_lightning.models import num_classes_of
+from fer_lightning.models.presets import default_input_size
+from fer_lightning.runtime import autocast, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
-DEFAULT_INPUT_SIZE = 224
 # Folding batch norms into convolutions changes logits only by float rounding.
 FOLD_TOLERANCE = 1e-3
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> CUDA if available, else CPU; anything else as ``torch.device`` reads it."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was asked for, but CUDA is not available here.")
-    return resolved
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether oneDNN has native bf16 kernels here (AVX512-BF16 or AMX), where bf16 autocast
-    is 2-4x faster than fp32; without them it is slower."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` on CUDA with bf16 support or a CPU with fast bf16, else ``fp32``."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
 
 
 def fold_batchnorms(model: nn.Module, input_size: int) -> nn.Module:
@@ -99,7 +69,7 @@ class EmotionClassifier(ABC):
     """(N, 48, 48) uint8 face crops -> (N, num_classes) float32 probabilities."""
 
     labels: tuple[str, ...] = EMOTIONS
-    input_size: int = DEFAULT_INPUT_SIZE
+    input_size: int = default_input_size()
     batch_size: int = 32
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
@@ -135,7 +105,11 @@ class TorchClassifier(EmotionClassifier):
     ) -> None:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
-        self.input_size = int(input_size or getattr(model, "input_size", DEFAULT_INPUT_SIZE))
+        self.input_size = int(
+            input_size
+            or getattr(model, "input_size", None)
+            or default_input_size(getattr(model, "arch", None))
+        )
         self.batch_size = int(batch_size)
         self.model = model.eval().to(self.device)
         if fold_batchnorm:
@@ -143,7 +117,7 @@ class TorchClassifier(EmotionClassifier):
         if self.device.type == "cpu":
             # oneDNN's convolutions prefer NHWC on CPU.
             self.model = self.model.to(memory_format=torch.channels_last)
-        num_classes = _num_outputs(self.model, self.input_size, self.device)
+        num_classes = num_classes_of(self.model)
         self.labels = EMOTIONS if num_classes == len(EMOTIONS) else _generic_labels(num_classes)
 
     @torch.inference_mode()
@@ -152,12 +126,7 @@ class TorchClassifier(EmotionClassifier):
         x = to_model_input(faces, self.input_size)
         if self.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
-        autocast = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16)
-            if self.precision == "bf16"
-            else contextlib.nullcontext()
-        )
-        with autocast:
+        with autocast(self.precision, self.device):
             logits = self.model(x)
         return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
@@ -170,7 +139,7 @@ class TorchClassifier(EmotionClassifier):
 
 
 class OnnxClassifier(EmotionClassifier):
-    """An exported ONNX model (``fer_lightning.export``) under ONNX Runtime on the CPU."""
+    """An exported ONNX model (``fer-export``) under ONNX Runtime on the CPU."""
 
     def __init__(self, path: str | Path, batch_size: int = 32, threads: int | None = None):
         try:
@@ -205,15 +174,6 @@ class OnnxClassifier(EmotionClassifier):
 
     def __repr__(self) -> str:
         return f"OnnxClassifier({self.path}, arch={self.arch}, input_size={self.input_size})"
-
-
-def _num_outputs(model: nn.Module, input_size: int, device: torch.device) -> int:
-    head = getattr(model, "fc", None)
-    last = head[-1] if isinstance(head, nn.Sequential) else head
-    if isinstance(last, nn.Linear):
-        return last.out_features
-    with torch.inference_mode():
-        return int(model(torch.zeros(1, 3, input_size, input_size, device=device)).shape[1])
 
 
 def _generic_labels(num_classes: int) -> tuple[str, ...]:

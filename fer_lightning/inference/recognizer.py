@@ -10,26 +10,25 @@ import cv2
 import numpy as np
 import torch
 
+from fer_lightning.faces.crop import DEFAULT_MARGIN, crop_faces
+from fer_lightning.faces.detector_worker import RecycledDetector
+from fer_lightning.faces.detectors import Detection, FaceDetector, create_detector
+from fer_lightning.faces.images import load_image
 from fer_lightning.inference.backends import (
     EmotionClassifier,
     OnnxClassifier,
     TorchClassifier,
 )
-from fer_lightning.inference.detector_worker import RecycledDetector
-from fer_lightning.inference.detectors import Detection, FaceDetector, create_detector
 from fer_lightning.inference.drawing import draw_faces
-from fer_lightning.inference.faces import DEFAULT_MARGIN, crop_faces
-from fer_lightning.inference.images import load_image
 
 
 def detector_for_recognizer(detector: FaceDetector | str, **options: object) -> FaceDetector:
     """The detector named ``detector`` with ``options`` (an instance is kept as it is);
     ``yunet`` runs in a recycled worker process (:class:`RecycledDetector`).
 
-    Measured here: in a process that has imported torch, one yuface call on a 640x480 frame
-    took 436 ms instead of 42 ms (whatever the OpenMP settings; the two OpenMP runtimes in one
-    process are the likely cause), and yuface leaks about 36 KB per call. A worker process
-    avoids both for about 4 ms of transfer per image.
+    yuface runs about 10x slower in a process that has imported torch (two OpenMP runtimes in
+    one process) and leaks memory on every call; a worker process that is replaced now and
+    then avoids both (figures: benchmarks/README.md).
     """
     if not isinstance(detector, str):
         return detector
@@ -113,7 +112,7 @@ class EmotionRecognizer:
                 raise FileNotFoundError(f"ONNX model {path} does not exist.")
             classifier: EmotionClassifier = OnnxClassifier(path, batch_size=batch_size)
         else:
-            from fer_lightning.checkpoints import load_model
+            from fer_lightning.models.checkpoints import load_model
 
             model = load_model(path, arch=arch)
             classifier = TorchClassifier(model, device, precision, input_size, batch_size)

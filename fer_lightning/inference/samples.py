@@ -12,7 +12,7 @@ ASTRONAUT_PATH: Path = Path(__file__).parent / "assets" / "astronaut.jpg"
 
 def astronaut() -> np.ndarray:
     """The bundled astronaut portrait as (320, 320, 3) BGR uint8."""
-    from fer_lightning.inference.images import read_image
+    from fer_lightning.faces.images import read_image
 
     return read_image(ASTRONAUT_PATH)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fer_lightning.inference.detector_worker import RecycledDetector
-from fer_lightning.inference.detectors import FaceDetector
+from fer_lightning.faces.detector_worker import RecycledDetector
+from fer_lightning.faces.detectors import FaceDetector
 from fer_lightning.inference.drawing import draw_faces
 from fer_lightning.inference.recognizer import EmotionRecognizer, FacePrediction
 

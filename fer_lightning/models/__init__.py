@@ -13,15 +13,22 @@ from torch import nn
 # Importing the modules registers their builders.
 from fer_lightning.labels import NUM_CLASSES
 from fer_lightning.models import resmasking, resnet  # noqa: F401
-from fer_lightning.models.masking import MaskingBlock
-from fer_lightning.models.pretrained import (
+from fer_lightning.models.backbone import (
     BackboneLoadReport,
     PretrainedWeightsError,
     load_backbone,
 )
+from fer_lightning.models.masking import MaskingBlock
+from fer_lightning.models.presets import (
+    INPUT_MULTIPLE,
+    ModelPreset,
+    check_input_size,
+    default_input_size,
+    get_preset,
+)
 from fer_lightning.models.registry import get_model_builder, list_models, register_model
 from fer_lightning.models.resmasking import ResMaskingNet
-from fer_lightning.models.resnet import INPUT_MULTIPLE, BasicBlock, Bottleneck, ResNet
+from fer_lightning.models.resnet import BasicBlock, Bottleneck, ResNet
 
 
 def create_model(
@@ -44,17 +51,31 @@ def create_model(
     return model
 
 
+def num_classes_of(model: nn.Module) -> int:
+    """The size of ``model``'s classifier head (the last ``Linear`` of its ``fc``)."""
+    head = getattr(model, "fc", None)
+    last = head[-1] if isinstance(head, nn.Sequential) else head
+    if not isinstance(last, nn.Linear):
+        raise ValueError(f"{type(model).__name__} has no fc head whose size could be read.")
+    return last.out_features
+
+
 __all__ = [
     "INPUT_MULTIPLE",
     "BackboneLoadReport",
     "BasicBlock",
     "Bottleneck",
     "MaskingBlock",
+    "ModelPreset",
     "PretrainedWeightsError",
     "ResMaskingNet",
     "ResNet",
+    "check_input_size",
     "create_model",
+    "default_input_size",
+    "get_preset",
     "list_models",
     "load_backbone",
+    "num_classes_of",
     "register_model",
 ]

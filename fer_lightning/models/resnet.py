@@ -10,11 +10,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from fer_lightning.labels import NUM_CLASSES
+from fer_lightning.models.presets import check_input_size
 from fer_lightning.models.registry import register_model
-
-# Total stride of the trunk (conv1 2x, maxpool 2x, layer2-4 2x each). The masks of the Residual
-# Masking Network pool inside each stage, so every model of the zoo asks for sides divisible by it.
-INPUT_MULTIPLE = 32
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -93,14 +90,10 @@ def check_input(x: Tensor) -> None:
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(
             f"Expected a batch of shape (N, 3, H, W), got {tuple(x.shape)}. Grayscale faces are "
-            "stacked into 3 identical channels (see fer_lightning.data.to_model_input)."
+            "stacked into 3 identical channels (see fer_lightning.faces.transforms.to_model_input)."
         )
-    height, width = int(x.shape[-2]), int(x.shape[-1])
-    if height % INPUT_MULTIPLE or width % INPUT_MULTIPLE:
-        raise ValueError(
-            f"Input sides must be multiples of {INPUT_MULTIPLE}, got {height}x{width}. "
-            "Resize the faces to 224x224 (the paper's size) or another multiple of 32, such as 64."
-        )
+    for side in (int(x.shape[-2]), int(x.shape[-1])):
+        check_input_size(side, name=f"The input side ({tuple(x.shape)})")
 
 
 def init_weights(root: nn.Module) -> None:

@@ -1,0 +1,60 @@
+"""Score a network on a test split through the LightningModule's test path, on one process.
+
+The one way this project scores a split (after training, and in ``fer-eval``): a single-device
+``Trainer.test`` over the DataModule's test loader, so every test image counts exactly once
+whatever the training strategy, with a progress bar and ``limit_test_batches`` honoured.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import TQDMProgressBar
+from torch import nn
+
+from fer_lightning.models import num_classes_of
+from fer_lightning.training.module import FERClassifier
+from fer_lightning.training.scoring import Predictions
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_network(
+    net: nn.Module,
+    datamodule: pl.LightningDataModule,
+    *,
+    input_size: int,
+    tta: bool = True,
+    accelerator: str = "auto",
+    precision: str = "32-true",
+    limit_test_batches: int | float | None = None,
+    progress: bool = True,
+) -> Predictions:
+    """Softmax outputs of ``net`` over ``datamodule``'s test split (plain and, with ``tta``,
+    averaged over the 10 test-time augmentation views). ``datamodule.input_size`` is set to
+    ``input_size`` for the run."""
+    module = FERClassifier(
+        arch=str(getattr(net, "arch", "unknown")),
+        num_classes=num_classes_of(net),
+        input_size=input_size,
+        tta=tta,
+        network=net,
+    )
+    datamodule.input_size = input_size
+    trainer = pl.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress,
+        callbacks=[TQDMProgressBar(refresh_rate=10)] if progress else None,
+        limit_test_batches=limit_test_batches,
+    )
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    if module.test_predictions is None:
+        raise ValueError("The test split gave no batches (limit_test_batches=0?).")
+    return module.test_predictions
+

@@ -8,6 +8,7 @@ from fer_lightning.faces.images import ImageError
 from fer_lightning.models.backbone import PretrainedWeightsError
 from fer_lightning.models.checkpoints import CheckpointError
 from fer_lightning.runtime import DeviceUnavailableError
+from fer_lightning.training.checkpoint_io import CheckpointWriteError
 from fer_lightning.training.module import NonFiniteLossError
 
 
@@ -19,6 +20,7 @@ class UserError(Exception):
 USER_ERRORS: tuple[type[BaseException], ...] = (
     UserError,
     CheckpointError,
+    CheckpointWriteError,
     DatasetError,
     DetectorUnavailableError,
     DeviceUnavailableError,

@@ -1,10 +1,13 @@
 """On-disk cache of parsed CSVs: parse a file once, then memory-map the arrays in every run and
 every process.
 
-An entry is a folder of ``.npy`` files named by a key made of the file's absolute path, size,
-modification time and a hash of its first and last 64 KiB, so that a replaced or edited file is
-parsed again. Entries are written to a temporary folder and renamed into place, so concurrent
-processes (DDP) never read a half-written one.
+An entry is a folder of ``.npy`` files named by a hash of the file's whole content, so that any
+edit, even one that keeps the size and modification time (``cp -p``, tar, rsync), is parsed
+again. The content hash of a file is remembered beside the entries with the file's full stat
+signature, including its change time, which no copy tool can set: an unchanged file is not read
+twice. Entries are written to a temporary folder and renamed into place, so concurrent processes
+(DDP) never read a half-written one, and they are checked (shapes, label range, row count)
+before use: a damaged entry is rebuilt.
 """
 
 from __future__ import annotations
@@ -21,30 +24,69 @@ import numpy as np
 
 from fer_lightning.data.csv_reader import FaceTable, read_face_csv
 from fer_lightning.data.errors import DatasetNotFoundError
+from fer_lightning.labels import FACE_SIZE, NUM_CLASSES
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
-_HASH_SPAN = 1 << 16
+CACHE_VERSION = 2
+_HASH_CHUNK = 1 << 22
+_HASHES_FILE = "content-hashes.json"
 
 
-def cache_key(path: Path) -> str:
-    """Hex key of a file's identity and content sample (changes when the file changes)."""
-    stat = path.stat()
+def content_hash(path: Path) -> str:
+    """Hex BLAKE2b digest of the file's bytes."""
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"v{CACHE_VERSION}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     with path.open("rb") as handle:
-        digest.update(handle.read(_HASH_SPAN))
-        if stat.st_size > _HASH_SPAN:
-            handle.seek(max(stat.st_size - _HASH_SPAN, _HASH_SPAN))
-            digest.update(handle.read(_HASH_SPAN))
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
     return digest.hexdigest()
+
+
+def _stat_signature(path: Path) -> str:
+    stat = path.stat()
+    return f"{stat.st_dev}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}"
+
+
+def cache_key(path: Path, cache_dir: Path | None = None) -> str:
+    """Hex key of the file's content (and of the cache format). With ``cache_dir``, the content
+    hash is remembered there against the file's stat signature and reused while it holds."""
+    signature, resolved = _stat_signature(path), str(path.resolve())
+    known = _read_hashes(cache_dir) if cache_dir is not None else {}
+    entry = known.get(resolved)
+    if isinstance(entry, dict) and entry.get("stat") == signature and entry.get("hash"):
+        digest = str(entry["hash"])
+    else:
+        digest = content_hash(path)
+        if cache_dir is not None:
+            _remember_hash(cache_dir, resolved, signature, digest)
+    return f"v{CACHE_VERSION}-{digest}"
+
+
+def _read_hashes(cache_dir: Path) -> dict:
+    try:
+        content = json.loads((cache_dir / _HASHES_FILE).read_text())
+    except (OSError, ValueError):
+        return {}  # missing or damaged: hashes are computed again
+    return content if isinstance(content, dict) else {}
+
+
+def _remember_hash(cache_dir: Path, resolved: str, signature: str, digest: str) -> None:
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        known = _read_hashes(cache_dir)
+        known[resolved] = {"stat": signature, "hash": digest}
+        fd, tmp = tempfile.mkstemp(prefix=".hashes-", dir=cache_dir)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(known, handle)
+        os.replace(tmp, cache_dir / _HASHES_FILE)
+    except OSError as err:  # a read-only cache folder: hash again next time
+        log.debug("Could not remember the content hash in %s (%s).", cache_dir, err)
 
 
 def entry_dir(path: Path, cache_dir: Path) -> Path:
     """The cache folder for ``path`` (it may not exist yet)."""
     name = path.name.split(".")[0][:40] or "data"
-    return cache_dir / f"{name}-{cache_key(path)}"
+    return cache_dir / f"{name}-{cache_key(path, cache_dir)}"
 
 
 def load_table(
@@ -99,12 +141,30 @@ def _read_entry(entry: Path, path: Path) -> FaceTable | None:
         faces = np.load(entry / "faces.npy", mmap_mode="r")
         labels = np.load(entry / "labels.npy")
         usage = np.load(entry / "usage.npy") if meta["has_usage"] else None
-    except (OSError, ValueError, KeyError) as err:
+        skipped = [(int(line), str(reason)) for line, reason in meta["skipped"]]
+        _check_entry(meta, faces, labels, usage)
+    except (OSError, ValueError, KeyError, TypeError) as err:
         log.warning("Replacing a damaged data cache entry %s (%s).", entry, err)
         shutil.rmtree(entry, ignore_errors=True)
         return None
-    skipped = [(int(line), str(reason)) for line, reason in meta["skipped"]]
     return FaceTable(str(path), faces, labels, usage, skipped)
+
+
+def _check_entry(
+    meta: dict, faces: np.ndarray, labels: np.ndarray, usage: np.ndarray | None
+) -> None:
+    """Raise ValueError unless the arrays are what the parser writes."""
+    rows = int(meta["rows"])
+    if faces.dtype != np.uint8 or faces.shape != (rows, FACE_SIZE, FACE_SIZE):
+        raise ValueError(f"faces {faces.dtype} {faces.shape}, expected ({rows}, 48, 48) uint8")
+    if labels.shape != (rows,) or labels.dtype.kind not in "iu":
+        raise ValueError(f"labels {labels.dtype} {labels.shape}, expected ({rows},) integers")
+    if rows and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise ValueError(f"labels outside 0-{NUM_CLASSES - 1}")
+    if usage is not None and (
+        usage.shape != (rows,) or (rows and not 0 <= usage.min() <= usage.max() <= 2)
+    ):
+        raise ValueError("usage codes outside 0-2 or of the wrong length")
 
 
 def _write_entry(entry: Path, table: FaceTable) -> None:

@@ -9,12 +9,12 @@ row the fast path rejects is then diagnosed on its own, so every error names its
 
 from __future__ import annotations
 
-import gzip
 import logging
 import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -33,6 +33,19 @@ ON_BAD_ROW = ("error", "skip")
 _ROWS_PER_CHUNK = 512  # ~4 MB of text: the parser's temporaries stay small and in cache
 _SCAN_BLOCK = 1 << 24  # bytes per block when locating newlines and commas
 _MAX_LISTED_LINES = 20
+# Largest CSV text accepted, plain or after gunzipping: FER2013 is 290 MB, so this leaves room
+# for any real face CSV while a gzip bomb stops at the limit instead of exhausting memory.
+MAX_CSV_BYTES = 2 << 30
+_GZIP_CHUNK = 1 << 20
+# Longest piece of a file quoted in an error message.
+_EXCERPT_CHARS = 60
+
+
+def excerpt(text: str | bytes, limit: int = _EXCERPT_CHARS) -> str:
+    """``text`` quoted for a message, cut to ``limit`` characters."""
+    if isinstance(text, bytes):
+        text = text[: limit * 4].decode("utf-8", "replace")
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
 
 
 @dataclass
@@ -55,19 +68,64 @@ class FaceTable:
         return int(self.labels.shape[0])
 
 
-def read_bytes(path: Path) -> bytes:
-    """The file's bytes, gunzipped when it is gzip data (recognised by content, not name)."""
+def read_bytes(path: Path, max_bytes: int = MAX_CSV_BYTES) -> bytes:
+    """The file's bytes, gunzipped when it is gzip data (recognised by content, not name).
+
+    At most ``max_bytes`` of text, plain or expanded: gzip data is inflated in bounded chunks,
+    so a small file that expands to gigabytes stops at the limit with a message, never with the
+    machine's memory."""
     if not path.exists():
         raise DatasetNotFoundError(f"{path}: no such file or folder.")
     if path.is_dir():
         raise DatasetError(f"{path}: is a folder, expected a CSV file.")
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as err:
-            raise DatasetError(f"{path}: not a readable gzip file ({err}).") from None
-    return raw
+    if not path.is_file():
+        raise DatasetError(f"{path}: not a regular file (a pipe or device?); expected a CSV file.")
+    with path.open("rb") as handle:
+        magic = handle.read(2)
+        handle.seek(0)
+        if magic != b"\x1f\x8b":
+            if path.stat().st_size > max_bytes:
+                raise DatasetError(_too_large(path, max_bytes, "is"))
+            return handle.read()
+        return _gunzip(path, handle, max_bytes)
+
+
+def _gunzip(path: Path, handle: BinaryIO, max_bytes: int) -> bytes:
+    out = bytearray()
+
+    def inflate(inflater: zlib._Decompress, data: bytes) -> None:
+        out.extend(inflater.decompress(data, _GZIP_CHUNK))
+        if len(out) > max_bytes:
+            raise DatasetError(_too_large(path, max_bytes, "expands to"))
+
+    inflater, fresh = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16), True
+    try:
+        while True:
+            data = inflater.unconsumed_tail or handle.read(_GZIP_CHUNK)
+            if not data:
+                break
+            inflate(inflater, data)
+            fresh = False
+            # Concatenated gzip members (cat a.gz b.gz > c.gz) continue after the first.
+            while inflater.eof:
+                rest = inflater.unused_data
+                inflater, fresh = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16), True
+                if not rest:
+                    break
+                inflate(inflater, rest)
+                fresh = False
+        if not (inflater.eof or fresh):
+            raise zlib.error("the file ends inside the compressed data (truncated?)")
+    except zlib.error as err:
+        raise DatasetError(f"{path}: not a readable gzip file ({err}).") from None
+    return bytes(out)
+
+
+def _too_large(path: Path, max_bytes: int, verb: str) -> str:
+    return (
+        f"{path}: {verb} more than {max_bytes / 1e6:,.0f} MB of text; a face CSV is far "
+        "smaller (FER2013: 290 MB). Is it the right file?"
+    )
 
 
 def read_face_csv(path: str | Path, on_bad_row: str = "error") -> FaceTable:
@@ -148,9 +206,12 @@ def _parse_header(path: Path, header: bytes) -> list[str]:
     names = [name.strip().strip('"').strip().lower() for name in text.rstrip("\r").split(",")]
     for required in ("emotion", "pixels"):
         if required not in names:
+            shown = ", ".join(excerpt(n, 30) for n in names[:8]) + (
+                ", ..." if len(names) > 8 else ""
+            )
             raise DatasetError(
-                f"{path}, line 1: missing column {required!r} (the header has "
-                f"{', '.join(repr(n) for n in names)}; expected emotion,pixels[,Usage])."
+                f"{path}, line 1: missing column {required!r} (the header has {shown}; "
+                "expected emotion,pixels[,Usage])."
             )
     return names
 
@@ -232,11 +293,11 @@ def _parse_labels(
         if not text:
             bad[int(row)] = "missing emotion label"
             continue
-        try:
-            value = int(text)
-        except ValueError:
-            bad[int(row)] = f"emotion label {text!r} is not an integer"
+        # ASCII digits only: int() would also take '３', '0_5' or '-0'.
+        if not re.fullmatch(r"[0-9]+", text):
+            bad[int(row)] = f"emotion label {excerpt(text)} is not an integer"
             continue
+        value = int(text)
         if not 0 <= value < len(EMOTIONS):
             bad[int(row)] = f"emotion label {value} is outside 0-{len(EMOTIONS) - 1}"
             continue
@@ -256,7 +317,7 @@ def _parse_usage(
         split = USAGE_TO_SPLIT.get(text.lower())
         rows = np.flatnonzero((inverse == code) & good)
         if split is None:
-            shown = repr(text) if text else "empty"
+            shown = excerpt(text) if text else "empty"
             for row in rows:
                 bad[int(row)] = f"unknown Usage value {shown} (expected {', '.join(USAGE_NAMES)})"
         else:
@@ -317,10 +378,10 @@ def _diagnose_pixels(piece: bytes) -> str:
         return "the pixels field is empty"
     for index, tok in enumerate(tokens, start=1):
         if not re.fullmatch(r"-?[0-9]+", tok):
-            return f"pixel {index} ({tok[:20]!r}) is not an integer"
+            return f"pixel {index} ({excerpt(tok, 20)}) is not an integer"
+        if len(tok.lstrip("-")) > 3:
+            return f"pixel {index} ({excerpt(tok, 20)}) has more than 3 digits"
         value = int(tok)
         if not 0 <= value <= 255:
             return f"pixel {index} has value {value}, outside 0-255"
-        if len(tok) > 3:
-            return f"pixel {index} ({tok!r}) has more than 3 digits"
     return f"{len(tokens)} pixel values, expected {NUM_PIXELS} ({FACE_SIZE}x{FACE_SIZE})"

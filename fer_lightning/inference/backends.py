@@ -20,7 +20,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from fer_lightning.faces.transforms import to_model_input
 from fer_lightning.labels import EMOTIONS
 from fer_lightning.models import num_classes_of
-from fer_lightning.models.presets import default_input_size
+from fer_lightning.models.presets import check_input_size, default_input_size
 from fer_lightning.runtime import autocast, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -160,12 +160,40 @@ class OnnxClassifier(EmotionClassifier):
             raise ValueError(f"{self.path}: not a loadable ONNX model ({error}).") from None
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
-        size = model_input.shape[-1]
         metadata = self.session.get_modelmeta().custom_metadata_map
-        self.input_size = int(size) if isinstance(size, int) else int(metadata["input_size"])
-        self.labels = tuple(json.loads(metadata["labels"])) if "labels" in metadata else EMOTIONS
+        self.input_size = self._input_size(model_input.shape, metadata)
+        self.labels = self._labels(self.session.get_outputs()[0].shape, metadata)
         self.arch = metadata.get("arch", "unknown")
         self.batch_size = int(batch_size)
+
+    def _input_size(self, shape: list, metadata: dict[str, str]) -> int:
+        """The square input side, from the graph or its metadata; a multiple of 32."""
+        size = shape[-1] if len(shape) == 4 else None
+        value: object = size if isinstance(size, int) else metadata.get("input_size")
+        try:
+            return check_input_size(int(str(value)), name="its input size")
+        except ValueError as error:
+            raise ValueError(
+                f"{self.path}: {error} (got {value!r}); export it again with fer-export."
+            ) from None
+
+    def _labels(self, output_shape: list, metadata: dict[str, str]) -> tuple[str, ...]:
+        """Class names from the metadata; they must match the number of outputs."""
+        outputs = output_shape[-1] if output_shape and isinstance(output_shape[-1], int) else None
+        if "labels" not in metadata:
+            return EMOTIONS if outputs in (None, len(EMOTIONS)) else _generic_labels(outputs)
+        try:
+            labels = json.loads(metadata["labels"])
+        except ValueError:
+            labels = None
+        if not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
+            raise ValueError(f"{self.path}: its 'labels' metadata is not a list of names.")
+        if outputs is not None and len(labels) != outputs:
+            raise ValueError(
+                f"{self.path}: {len(labels)} labels in its metadata for {outputs} outputs; "
+                "export it again with fer-export."
+            )
+        return tuple(labels)
 
     def _probabilities(self, crops: np.ndarray) -> np.ndarray:
         x = to_model_input(torch.from_numpy(np.ascontiguousarray(crops)), self.input_size)

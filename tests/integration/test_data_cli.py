@@ -2,23 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import subprocess
 import sys
 
 import cv2
 import numpy as np
+import pytest
 
 from fer_lightning.cli.data import main
 from tests.helpers.data import csv_text, random_faces, write
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "fer_lightning.data", *args],
+    """The command in this process (what a subprocess would print, without its start-up)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = main(list(args))
+        except SystemExit as exit_:  # argparse
+            status = exit_.code
+    return subprocess.CompletedProcess(args, status, out.getvalue(), err.getvalue())
+
+
+@pytest.mark.slow
+def test_module_entry_point_is_the_same_command(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "fer_lightning.data", "check", str(tmp_path / "missing.csv")],
         capture_output=True,
         text=True,
         timeout=120,
     )
+    assert result.returncode == 2 and "missing.csv: no such file" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_check_valid_file_prints_splits_histogram_and_duplicates(tmp_path):

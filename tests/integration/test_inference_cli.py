@@ -119,6 +119,7 @@ def test_missing_inputs_and_usage_errors_are_one_line(checkpoint, tmp_path, caps
     assert status == 2 and "absent.ckpt does not exist" in err
 
 
+@pytest.mark.slow
 def test_module_entry_point_reports_without_traceback(checkpoint, tmp_path):
     result = subprocess.run(
         [

@@ -12,6 +12,7 @@ from tests.helpers.inference import installed_detector, save_lightning_checkpoin
 NOTEBOOK = Path(__file__).parents[2] / "notebooks" / "inference.ipynb"
 
 
+@pytest.mark.slow
 def test_inference_notebook_runs(tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

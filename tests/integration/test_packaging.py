@@ -40,7 +40,10 @@ def script(name: str, bin_dir: Path | None = None) -> str:
     return path
 
 
-@pytest.mark.parametrize("name", COMMANDS)
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=[] if n == "fer-predict" else [pytest.mark.slow]) for n in COMMANDS],
+)
 def test_console_script_help_from_an_empty_folder(name, tmp_path):
     result = run([script(name), "--help"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]

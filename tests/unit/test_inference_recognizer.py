@@ -120,6 +120,7 @@ def test_draw_marks_each_face(recognizer):
     assert (recognizer.draw(photo, []) == photo).all()
 
 
+@pytest.mark.slow
 def test_resmasking_network_end_to_end(tmp_path):
     path = save_published_checkpoint(tmp_path / "rmn.pt", arch="resmasking_dropout1")
     recognizer = EmotionRecognizer.from_checkpoint(

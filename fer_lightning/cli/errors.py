@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fer_lightning.data.errors import DatasetError
 from fer_lightning.faces.detectors import DetectorUnavailableError
 from fer_lightning.faces.images import ImageError
@@ -28,3 +30,21 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     NonFiniteLossError,
     PretrainedWeightsError,
 )
+
+
+def instantiate(config: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that lets a user's mistake through as itself: Hydra wraps
+    what a constructor raises in ``InstantiationException``; a user error (or a ValueError
+    about a config value) is raised unwrapped, so the command prints it as one line."""
+    import hydra.utils
+    from hydra.errors import InstantiationException
+
+    try:
+        return hydra.utils.instantiate(config, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, USER_ERRORS):
+            raise cause from None
+        if isinstance(cause, ValueError):
+            raise UserError(str(cause)) from None
+        raise

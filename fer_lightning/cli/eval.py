@@ -14,12 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, ListConfig
 
 from fer_lightning.cli.config import hydra_entry
-from fer_lightning.cli.errors import USER_ERRORS, UserError
+from fer_lightning.cli.errors import USER_ERRORS, UserError, instantiate
 from fer_lightning.models import num_classes_of
 from fer_lightning.models.checkpoints import load_model
 from fer_lightning.models.presets import check_input_size, default_input_size
@@ -42,7 +41,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed)
     paths = checkpoint_paths(cfg.ckpt_path)
-    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("test")
     label_names = tuple(datamodule.label_names)

@@ -33,9 +33,7 @@ def run_task(cfg: DictConfig) -> None:
     if int(cfg.opset) < MIN_OPSET:
         fail(f"opset={cfg.opset} is too old for these networks; use {MIN_OPSET} or newer.")
     ckpt_path = raw_override("ckpt_path", cfg.ckpt_path)
-    output = Path(
-        raw_override("output", cfg.output) if cfg.output else Path(ckpt_path).with_suffix(".onnx")
-    )
+    output = Path(raw_override("output", cfg.output) if cfg.output else default_output(ckpt_path))
     if output.is_dir():
         fail(f"output={output} is a folder; name the .onnx file to write, e.g. {output}/model.onnx")
     try:
@@ -63,6 +61,13 @@ def run_task(cfg: DictConfig) -> None:
     )
     if diff > PARITY_TOLERANCE:
         sys.exit(1)
+
+
+def default_output(ckpt_path: str) -> Path:
+    """The checkpoint's path with ``.onnx``; ``<name>.onnx`` here for ``pretrained:<name>``."""
+    if ckpt_path.startswith("pretrained:"):
+        return Path(ckpt_path.removeprefix("pretrained:") + ".onnx")
+    return Path(ckpt_path).with_suffix(".onnx")
 
 
 main = hydra_entry("export", run_task)

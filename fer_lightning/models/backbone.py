@@ -68,9 +68,10 @@ def _fetch_imagenet(layout: str) -> Path:
         torch.hub.load_state_dict_from_url(IMAGENET_URLS[layout], progress=True, map_location="cpu")
     except Exception as error:  # no network, proxy, disk full...
         raise PretrainedWeightsError(
-            f"Could not download the ImageNet {layout} weights ({error}). Offline, download "
-            f"{IMAGENET_URLS[layout]} on a machine with internet access and put the file at "
-            f"{path} (or pass pretrained_backbone=/path/to/{path.name})."
+            f"Could not download the ImageNet {layout} weights {path.name} ({error}). Offline, "
+            f"download {IMAGENET_URLS[layout]} on a machine with internet access and put it in "
+            f"{path.parent}/ (or pass model.pretrained_backbone=/path/to/{path.name}). To train "
+            "from scratch instead: model.pretrained_backbone=null."
         ) from None
     return path
 

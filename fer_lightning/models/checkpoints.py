@@ -179,8 +179,17 @@ def load_model(
     other formats are identified by their keys. ``resmasking_dropout1`` and its naive ablation
     have identical keys; without ``arch`` such a checkpoint loads as ``resmasking_dropout1``.
     When the checkpoint records its input size (Lightning checkpoints), ``model.input_size``
-    holds it.
+    holds it; when it records its class names (``label_names``, one per output),
+    ``model.label_names`` holds them as a tuple. ``path`` may name a published checkpoint,
+    ``pretrained:resmasking_dropout1``: it is downloaded on first use
+    (:mod:`fer_lightning.models.hub`).
     """
+    if str(path).startswith("pretrained:"):
+        # Imported here: hub imports this module (CheckpointError).
+        from fer_lightning.models.hub import checkpoint_entry, resolve_checkpoint
+
+        arch = arch or checkpoint_entry(path).arch
+        path = resolve_checkpoint(path)
     content = read_checkpoint(path, map_location)
     state_dict, meta = extract_state_dict(content, path)
     fits = matching_architectures(state_dict)
@@ -204,11 +213,19 @@ def load_model(
         raise CheckpointError(f"Unknown arch {arch!r}. Available: {', '.join(list_models())}.")
     if arch not in fits:
         raise CheckpointError(_mismatch_message(path, arch, state_dict, fits))
-    model = create_model(arch, num_classes=infer_num_classes(state_dict))
+    model_classes = infer_num_classes(state_dict)
+    model = create_model(arch, num_classes=model_classes)
     model.load_state_dict(state_dict, strict=True)
     model.arch = arch
     input_size = meta.get("input_size")
     if isinstance(input_size, int):
         model.input_size = input_size
+    label_names = meta.get("label_names")
+    if (
+        isinstance(label_names, list | tuple)
+        and len(label_names) == model_classes
+        and all(isinstance(name, str) for name in label_names)
+    ):
+        model.label_names = tuple(label_names)
     log.info("Loaded %s checkpoint %s as %s.", meta["format"], path, arch)
     return model.eval()

@@ -14,6 +14,7 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 from torch import nn
 
 from fer_lightning.models import num_classes_of
+from fer_lightning.runtime import lightning_precision, resolve_device
 from fer_lightning.training.module import FERClassifier
 from fer_lightning.training.scoring import Predictions
 
@@ -33,7 +34,7 @@ def evaluate_network(
 ) -> Predictions:
     """Softmax outputs of ``net`` over ``datamodule``'s test split (plain and, with ``tta``,
     averaged over the 10 test-time augmentation views). ``datamodule.input_size`` is set to
-    ``input_size`` for the run."""
+    ``input_size`` for the run. ``precision="auto"`` takes what the device runs natively."""
     module = FERClassifier(
         arch=str(getattr(net, "arch", "unknown")),
         num_classes=num_classes_of(net),
@@ -42,6 +43,8 @@ def evaluate_network(
         network=net,
     )
     datamodule.input_size = input_size
+    device = resolve_device("cpu" if accelerator == "cpu" else "auto")
+    precision = lightning_precision(precision, device)
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=1,

@@ -161,7 +161,8 @@ def test_imagenet_offline_names_the_file_and_where_to_put_it(tmp_path, monkeypat
         create_model("resnet50", pretrained_backbone="imagenet")
     message = str(error.value)
     assert "resnet50-0676ba61.pth" in message
-    assert str(imagenet_weights_path("resnet50")) in message
+    assert str(imagenet_weights_path("resnet50").parent) in message
+    assert "model.pretrained_backbone=null" in message  # and how to train from scratch
 
 
 def test_imagenet_uses_the_hub_cache_when_present(tmp_path, monkeypatch):

@@ -130,3 +130,61 @@ def test_command_configs_compose(config_name, overrides, expected):
     cfg = compose_config(config_name, overrides)
     for key, value in expected.items():
         assert OmegaConf.select(cfg, key) == value, key
+
+
+def test_main_command_follows_the_paper_and_synthetic_data_stays_offline(tmp_path):
+    main = compose_train(tmp_path, ["model=resmasking_dropout1"])
+    assert main.model.pretrained_backbone == "imagenet" and main.data.dataset == "fer2013"
+    assert main.trainer.precision == "auto"
+    for overrides in (["experiment=demo"], ["data=synthetic"]):
+        assert compose_train(tmp_path, overrides).model.pretrained_backbone is None
+    chosen = compose_train(tmp_path, ["data=synthetic", "model.pretrained_backbone=imagenet"])
+    assert chosen.model.pretrained_backbone == "imagenet"
+    assert compose_train(tmp_path, ["experiment=rmn_paper"]).trainer.precision == "32-true"
+
+
+@pytest.mark.parametrize(
+    ("device", "native_bf16", "expected"),
+    [
+        ("cuda", True, "bf16-mixed"),
+        ("cuda", False, "16-mixed"),
+        ("cpu", True, "bf16-mixed"),
+        ("cpu", False, "32-true"),
+    ],
+)
+def test_precision_auto_chooses_by_capability(monkeypatch, device, native_bf16, expected):
+    from fer_lightning import runtime
+
+    monkeypatch.setattr(runtime, "has_native_bf16", lambda _device: native_bf16)
+    assert runtime.lightning_precision("auto", torch.device(device)) == expected
+    assert runtime.lightning_precision("32-true", torch.device(device)) == "32-true"
+    assert runtime.resolve_precision("auto", torch.device(device)) == (
+        "bf16" if native_bf16 else "fp32"
+    )
+
+
+def test_offline_imagenet_start_stops_with_what_to_do(tmp_path, monkeypatch, capsys):
+    from fer_lightning.cli import train as train_cli
+    from tests.helpers.hydra import run_app
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", _no_network)
+    status = run_app(
+        train_cli.main,
+        [
+            *FAST,
+            "model=resnet18",
+            "model.pretrained_backbone=imagenet",
+            f"paths.log_dir={tmp_path / 'out'}",
+            f"paths.data_dir={tmp_path / 'data'}",
+        ],
+    )
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err
+    assert "resnet18-f37072fd.pth" in err and str(tmp_path / "torch" / "hub" / "checkpoints") in err
+    assert "model.pretrained_backbone=null" in err
+    assert not list((tmp_path / "out").rglob("*.ckpt"))
+
+
+def _no_network(*args, **kwargs):
+    raise OSError("[Errno -2] Name or service not known")

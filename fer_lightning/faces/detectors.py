@@ -219,8 +219,9 @@ class DlibDetector(FaceDetector):
 
 
 class OpenCVYuNetDetector(FaceDetector):
-    """YuNet through ``cv2.FaceDetectorYN``, with an ONNX model file the user provides
-    (``face_detection_yunet_2023mar.onnx`` from the OpenCV model zoo): boxes, scores, landmarks.
+    """YuNet through ``cv2.FaceDetectorYN`` with its ONNX file
+    (``face_detection_yunet_2023mar.onnx``): boxes, scores, landmarks. Without ``model_path``
+    the file is fetched once, as the published weights are (:mod:`fer_lightning.models.hub`).
     """
 
     name = "opencv_yunet"
@@ -230,11 +231,15 @@ class OpenCVYuNetDetector(FaceDetector):
         self, model_path: str | Path | None = None, min_score: float = 0.6, nms: float = 0.3
     ) -> None:
         if model_path is None:
-            raise DetectorUnavailableError(
-                "detector 'opencv_yunet' needs YuNet's ONNX file, face_detection_yunet_*.onnx from "
-                "github.com/opencv/opencv_zoo (model_path=... in Python, detector_model=... on "
-                "the command line)."
-            )
+            from fer_lightning.models.hub import PretrainedDownloadError, fetch
+
+            try:
+                model_path = fetch("yunet")
+            except PretrainedDownloadError as error:
+                raise DetectorUnavailableError(
+                    f"detector 'opencv_yunet' needs YuNet's ONNX file: {error} (or pass "
+                    "model_path=... in Python, detector.model_path=... on the command line)"
+                ) from None
         path = Path(model_path).expanduser()
         if not path.is_file():
             raise DetectorUnavailableError(f"YuNet ONNX model {path} does not exist.")

@@ -36,7 +36,7 @@ def test_inference_notebook_runs(tmp_path, monkeypatch):
         if cell.cell_type == "code"
         for out in cell.outputs
     )
-    assert f"checkpoint: {checkpoint}" in outputs
+    assert f"checkpoint: {checkpoint} (yours)" in outputs
     assert "4 faces in the 2x2 mosaic" in outputs
     assert "UNTRAINED" not in outputs
     errors = [

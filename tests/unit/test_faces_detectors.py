@@ -100,8 +100,34 @@ def test_auto_prefers_yunet_and_names_are_checked():
     assert create_detector("auto").name == "yunet"
     with pytest.raises(ValueError, match="Unknown detector 'ssd'"):
         create_detector("ssd")
-    with pytest.raises(DetectorUnavailableError, match="model_path"):
+
+
+def test_opencv_yunet_fetches_its_model_file_like_the_published_weights(tmp_path, monkeypatch):
+    """Without model_path the ONNX file comes from the release URL into the cache; offline,
+    the message says how to get it. (The real YuNet file cannot be had here: the one served is
+    not a network, and OpenCV's refusal of it is reported as such.)"""
+    from tests.helpers.http import FileServer
+
+    monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DetectorUnavailableError, match=r"face_detection_yunet_2023mar\.onnx"):
         create_detector("opencv_yunet")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    served = tmp_path / "served.onnx"
+    served.write_bytes(b"not an onnx graph")
+    server = FileServer()
+    server.files["face_detection_yunet_2023mar.onnx"] = served
+    monkeypatch.setenv("FER_RELEASE_URL", server.url)
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
+    try:
+        with pytest.raises(DetectorUnavailableError, match="OpenCV could not load"):
+            create_detector("opencv_yunet")
+    finally:
+        server.stop()
+    cached = tmp_path / "cache" / "face_detection_yunet_2023mar.onnx"
+    assert cached.read_bytes() == served.read_bytes()
+    assert server.requests == ["face_detection_yunet_2023mar.onnx"]
 
 
 def test_tilt_correction_levels_the_eyes(photo):

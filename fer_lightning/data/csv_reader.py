@@ -294,6 +294,9 @@ def _parse_labels(
             bad[int(row)] = "missing emotion label"
             continue
         # ASCII digits only: int() would also take '３', '0_5' or '-0'.
+        if re.fullmatch(r"-[0-9]{1,6}", text):
+            bad[int(row)] = f"emotion label {text} is outside 0-{len(EMOTIONS) - 1}"
+            continue
         if not re.fullmatch(r"[0-9]+", text):
             bad[int(row)] = f"emotion label {excerpt(text)} is not an integer"
             continue
@@ -379,9 +382,10 @@ def _diagnose_pixels(piece: bytes) -> str:
     for index, tok in enumerate(tokens, start=1):
         if not re.fullmatch(r"-?[0-9]+", tok):
             return f"pixel {index} ({excerpt(tok, 20)}) is not an integer"
-        if len(tok.lstrip("-")) > 3:
+        digits = tok.lstrip("-")
+        # Short numbers are quoted by value; a long run of digits only by an excerpt.
+        if len(digits) <= 6 and not 0 <= int(tok) <= 255:
+            return f"pixel {index} has value {int(tok)}, outside 0-255"
+        if len(digits) > 3:
             return f"pixel {index} ({excerpt(tok, 20)}) has more than 3 digits"
-        value = int(tok)
-        if not 0 <= value <= 255:
-            return f"pixel {index} has value {value}, outside 0-255"
     return f"{len(tokens)} pixel values, expected {NUM_PIXELS} ({FACE_SIZE}x{FACE_SIZE})"

@@ -246,7 +246,7 @@ def test_cache_hit_then_reread_after_change(tmp_path, data):
     path = write(tmp_path / "fer2013.csv", csv_text(faces, labels, usage_column(N)))
     cache = tmp_path / "cache"
     first = load_table(path, cache)
-    entries = list(cache.iterdir())
+    entries = [p for p in cache.iterdir() if p.is_dir()]
     assert len(entries) == 1 and isinstance(first.faces, np.memmap)
     np.testing.assert_array_equal(first.faces, faces)
 
@@ -259,7 +259,7 @@ def test_cache_hit_then_reread_after_change(tmp_path, data):
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new mtime on any filesystem
     third = load_table(path, cache)
     np.testing.assert_array_equal(third.labels, changed_labels)
-    assert len(list(cache.iterdir())) == 2
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 2
 
 
 def test_cache_keeps_skip_report_and_error_mode_still_raises(tmp_path, data, caplog):
@@ -281,7 +281,7 @@ def test_damaged_cache_entry_is_replaced(tmp_path, data, caplog):
     path = write(tmp_path / "fer2013.csv", csv_text(faces, labels, usage_column(N)))
     cache = tmp_path / "cache"
     load_table(path, cache)
-    (entry,) = cache.iterdir()
+    (entry,) = [p for p in cache.iterdir() if p.is_dir()]
     (entry / "faces.npy").write_bytes(b"truncated")
     with caplog.at_level(logging.WARNING):
         table = load_table(path, cache)

@@ -1,4 +1,7 @@
-"""``check``: validate dataset files or folders and summarise them per split."""
+"""``check``: validate dataset files or folders and summarise them per split.
+
+A FER+ label file (``fer2013new.csv``), given itself or found in a dataset folder, is checked
+row by row against the FER2013 CSV beside it and summarised by its votes."""
 
 from __future__ import annotations
 
@@ -8,16 +11,26 @@ from typing import TextIO
 
 import numpy as np
 
-from fer_lightning.data.csv_reader import SPLITS
-from fer_lightning.data.sources import SplitRef, find_csv_files, load_splits
+from fer_lightning.data.csv_reader import SPLITS, FaceTable, read_face_csv
+from fer_lightning.data.ferplus import (
+    check_alignment,
+    find_label_file,
+    is_label_file,
+    read_votes,
+    vote_statistics,
+)
+from fer_lightning.data.sources import USAGE_FILES, SplitRef, find_csv_files, load_splits
 from fer_lightning.labels import EMOTIONS, NUM_CLASSES
 
 
 def summarize(path: str | Path, out: TextIO, on_bad_row: str = "error") -> int:
     """Parse the dataset at ``path`` (uncached) and print, per split, the row count and class
     histogram, then exact duplicate images within and across splits. Returns the number of bad
-    rows skipped (``on_bad_row="skip"``); raises ``DatasetError`` otherwise."""
+    rows skipped (``on_bad_row="skip"``); raises ``DatasetError`` otherwise. A FER+ label file,
+    or one in the folder ``path``, is checked and summarised by :func:`summarize_votes`."""
     path = Path(path)
+    if is_label_file(path):
+        return summarize_votes(path, out, on_bad_row)
     files = find_csv_files(path)
     splits = load_splits(path, cache_dir=None, on_bad_row=on_bad_row)
     out.write(f"{path}\n" if files == [path] else f"{path}: {', '.join(map(str, files))}\n")
@@ -38,7 +51,36 @@ def summarize(path: str | Path, out: TextIO, on_bad_row: str = "error") -> int:
             out.write(f"  {split:<6} {len(splits[split]):>7}  {row}\n")
     for line in duplicate_report(splits):
         out.write(f"  {line}\n")
+    label_file = find_label_file(path) if path.is_dir() else None
+    if label_file is not None:
+        tables = {id(ref.table): ref.table for ref in splits.values()}
+        _write_votes(label_file, next(iter(tables.values())) if len(tables) == 1 else None, out)
     return skipped
+
+
+def summarize_votes(path: Path, out: TextIO, on_bad_row: str = "error") -> int:
+    """Check the FER+ label file ``path`` row by row against the FER2013 CSV beside it (when
+    there is one) and print its vote statistics. Returns the bad image rows skipped."""
+    beside = [path.parent / f"{name}{gz}" for name in USAGE_FILES for gz in ("", ".gz")]
+    pixel_file = next((f for f in beside if f.is_file()), None)
+    table = read_face_csv(pixel_file, on_bad_row) if pixel_file is not None else None
+    out.write(f"{path}\n")
+    _write_votes(path, table, out)
+    return len(table.skipped) if table is not None else 0
+
+
+def _write_votes(label_file: Path, table: FaceTable | None, out: TextIO) -> None:
+    votes = read_votes(label_file)
+    if table is None:
+        out.write(
+            f"  {label_file.name}: {len(votes)} rows, not checked against the images (no "
+            f"{' or '.join(USAGE_FILES)} beside it)\n"
+        )
+    else:
+        check_alignment(votes, table)
+        out.write(f"  {label_file.name}: {len(votes)} rows, row by row the same as {table.path}\n")
+    for line in vote_statistics(votes):
+        out.write(f"  {line}\n")
 
 
 def duplicate_report(splits: dict[str, SplitRef]) -> list[str]:

@@ -1,15 +1,17 @@
-"""The LightningDataModule: FER2013 (+ FACES + JAFFE) or the synthetic set, from ``data.root``.
+"""The LightningDataModule: FER2013 (+ FACES + JAFFE), FER+, subject-disjoint folds of JAFFE or
+FACES, or the synthetic set, from ``data.root``.
 
-Batches leave the DataLoader as ``(faces (N, 48, 48) uint8, labels (N,) int64)``: all per-pixel
-CPU work (the albumentations pipeline, training only) happens at 48x48. Once the batch is on the
-device, :meth:`FERDataModule.on_after_batch_transfer` makes the model input, (N, 3, S, S) float
-in [0, 1], with one batched interpolation (:func:`to_model_input`).
+Batches leave the DataLoader as ``(faces (N, 48, 48) uint8, labels (N,) int64)``, or, for FER+
+training with ``data.ferplus.labels=crossentropy``, ``(faces, label distributions (N, 8) float32)``:
+all per-pixel CPU work (the albumentations pipeline, training only) happens at 48x48. Once the
+batch is on the device, :meth:`FERDataModule.on_after_batch_transfer` makes the model input,
+(N, 3, S, S) float in [0, 1], with one batched interpolation (:func:`to_model_input`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +23,32 @@ from torch import Tensor
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from fer_lightning.data.augment import build_augment
+from fer_lightning.data.cache import load_table
 from fer_lightning.data.csv_reader import ON_BAD_ROW
 from fer_lightning.data.dataset import FaceDataset, collate_batch
 from fer_lightning.data.errors import DatasetError, DatasetNotFoundError
-from fer_lightning.data.sources import SplitRef, find_csv_files, load_splits
+from fer_lightning.data.ferplus import (
+    LABEL_FILE,
+    LABEL_MODES,
+    FerPlusData,
+    VoteDataset,
+    find_label_file,
+    load_ferplus,
+)
+from fer_lightning.data.folds import fold_rows, read_subjects
+from fer_lightning.data.sources import USAGE_FILES, SplitRef, find_csv_files, load_splits
 from fer_lightning.data.synthetic import generate_synthetic_csv
 from fer_lightning.faces.transforms import to_model_input
-from fer_lightning.labels import EMOTIONS, NUM_CLASSES
+from fer_lightning.labels import EMOTIONS, FERPLUS_EMOTIONS
 from fer_lightning.models.presets import check_input_size, default_input_size
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("fer2013", "fer2013_faces_jaffe", "synthetic")
+DATASETS = ("fer2013", "fer2013_faces_jaffe", "ferplus", "jaffe", "faces", "synthetic")
 SYNTHETIC_KEYS = ("train_per_class", "val_per_class", "test_per_class", "seed")
+FERPLUS_KEYS = ("labels", "file")
+# Datasets split into subject-disjoint folds.
+FOLD_DATASETS = ("jaffe", "faces")
 
 # How to obtain each dataset, for the message when it is missing.
 WHERE_TO_GET = {
@@ -49,6 +64,10 @@ WHERE_TO_GET = {
         "JAFFE (https://zenodo.org/record/3451524): convert the TIFFs with "
         "`python -m fer_lightning.data prepare jaffe SRC {path}/jaffe.csv`"
     ),
+    "ferplus": (
+        "FER+ labels come from https://github.com/microsoft/FERPlus (fer2013new.csv, MIT): put "
+        "the file beside the FER2013 CSV, or name it with data.ferplus.file=PATH"
+    ),
 }
 
 
@@ -62,8 +81,10 @@ class FERDataModule(pl.LightningDataModule):
     """Train / val / test loaders of 48x48 faces; the device-side resize to ``input_size``.
 
     Args:
-        dataset: ``fer2013``, ``fer2013_faces_jaffe`` (training adds all of FACES and JAFFE)
-            or ``synthetic`` (generated on first use, no download).
+        dataset: ``fer2013``, ``fer2013_faces_jaffe`` (training adds all of FACES and JAFFE;
+            validation and test stay FER2013's), ``ferplus`` (FER2013's pixels with FER+'s
+            labels, 8 classes), ``jaffe`` or ``faces`` (subject-disjoint folds) or
+            ``synthetic`` (generated on first use, no download).
         root: the data folder (``${paths.data_dir}``); the sources below are relative to it.
         batch_size / eval_batch_size: training / validation and test batch sizes
             (``eval_batch_size=None`` -> ``batch_size``).
@@ -80,6 +101,16 @@ class FERDataModule(pl.LightningDataModule):
             ``dataset="synthetic"``; ``conf/data/synthetic.yaml`` has the defaults) and optionally
             ``dir`` (default ``<root>/synthetic``).
         drop_last: drop the last incomplete training batch.
+        num_classes, label_names: the classes the config expects (``conf/data/*.yaml``); they
+            must be the dataset's (7 FER2013 emotions; FER+: 8), else a ``ValueError``.
+        ferplus: ``{labels: majority|probability|crossentropy, file: null or a path}`` for
+            ``dataset="ferplus"`` (:mod:`fer_lightning.data.ferplus` states the rules); ``file``
+            is the label file, default ``fer2013new.csv`` beside the FER2013 CSV.
+        fold, folds: for ``jaffe`` and ``faces``: test on subject fold ``fold`` of ``folds``,
+            validate on the next fold, train on the rest (:mod:`fer_lightning.data.folds`).
+
+    After :meth:`setup`, ``ferplus_report`` holds FER+'s rows per split, kept and dropped by
+    reason, and ``fold_subjects`` the subjects of each split of a fold.
     """
 
     def __init__(
@@ -102,6 +133,11 @@ class FERDataModule(pl.LightningDataModule):
         jaffe: str = "jaffe",
         synthetic: Mapping[str, Any] | None = None,
         drop_last: bool = False,
+        num_classes: int | None = None,
+        label_names: Sequence[str] | None = None,
+        ferplus: Mapping[str, Any] | None = None,
+        fold: int = 0,
+        folds: int = 10,
     ) -> None:
         super().__init__()
         if dataset not in DATASETS:
@@ -131,8 +167,24 @@ class FERDataModule(pl.LightningDataModule):
             raise ValueError(f"data.synthetic: unknown keys {sorted(unknown)}.")
         self.synthetic = dict(_plain(synthetic) or {})
         self.drop_last = drop_last
-        self.num_classes = NUM_CLASSES
-        self.label_names: tuple[str, ...] = EMOTIONS
+        self.label_names: tuple[str, ...] = FERPLUS_EMOTIONS if dataset == "ferplus" else EMOTIONS
+        self.num_classes = len(self.label_names)
+        _check_classes(dataset, self.label_names, num_classes, _plain(label_names))
+        self.ferplus = {"labels": "majority", "file": None, **dict(_plain(ferplus) or {})}
+        unknown = set(self.ferplus) - set(FERPLUS_KEYS)
+        if unknown:
+            raise ValueError(f"data.ferplus: unknown keys {sorted(unknown)}.")
+        if self.ferplus["labels"] not in LABEL_MODES:
+            raise ValueError(
+                f"data.ferplus.labels must be one of {LABEL_MODES}, not {self.ferplus['labels']!r}."
+            )
+        if not (isinstance(folds, int) and folds >= 3 and isinstance(fold, int)):
+            raise ValueError(f"data.folds must be an integer >= 3, not {folds!r}.")
+        if not 0 <= fold < folds:
+            raise ValueError(f"data.fold={fold} is outside 0..{folds - 1} (data.folds={folds}).")
+        self.fold, self.folds = fold, folds
+        self.ferplus_report: dict[str, dict[str, Any]] = {}
+        self.fold_subjects: dict[str, list[str]] = {}
         # Built in setup(); augmentation is checked now so that a bad config fails at once.
         self._augment = build_augment(self.augment_config)
         missing = [k for k in SYNTHETIC_KEYS if k not in self.synthetic]
@@ -158,7 +210,12 @@ class FERDataModule(pl.LightningDataModule):
         """Name -> path of every source this dataset needs (the synthetic CSV is generated)."""
         if self.dataset == "synthetic":
             return {"synthetic": self._synthetic_csv()}
-        names = ["fer2013"] + (["faces", "jaffe"] if self.dataset == "fer2013_faces_jaffe" else [])
+        if self.dataset in FOLD_DATASETS:
+            names = [self.dataset]
+        else:
+            names = ["fer2013"] + (
+                ["faces", "jaffe"] if self.dataset == "fer2013_faces_jaffe" else []
+            )
         paths = {name: self._source_path(name) for name in names}
         for name, path in paths.items():
             try:
@@ -190,6 +247,12 @@ class FERDataModule(pl.LightningDataModule):
         Callable any number of times; the first call does the work."""
         if self.train_set is not None:
             return
+        if self.dataset == "ferplus":
+            self._setup_ferplus()
+            return
+        if self.dataset in FOLD_DATASETS:
+            self._setup_fold()
+            return
         splits = {
             name: load_splits(p, self.cache_dir, self.on_bad_row)
             for name, p in self._source_files().items()
@@ -205,18 +268,113 @@ class FERDataModule(pl.LightningDataModule):
         train_parts = [main["train"]]
         for extra in ("faces", "jaffe"):
             train_parts.extend(splits.get(extra, {}).values())  # every row trains
+        # FACES and JAFFE only add training faces: validation and test stay FER2013's.
         self.train_set = self._dataset(train_parts, self._augment)
         self.val_set = self._dataset([main["val"]], None)
         self.test_set = self._dataset([main["test"]], None)
+        self._log_sizes()
+
+    def _log_sizes(self) -> None:
         counts = self.class_counts()
         log.info(
             "data %s: train %d, val %d, test %d faces; training classes %s",
             self.dataset,
-            len(self.train_set),
-            len(self.val_set),
-            len(self.test_set),
-            dict(zip(EMOTIONS, counts.tolist(), strict=True)),
+            len(self._require("train_set")),
+            len(self._require("val_set")),
+            len(self._require("test_set")),
+            dict(zip(self.label_names, counts.tolist(), strict=True)),
         )
+
+    def _ferplus_files(self) -> tuple[Path, Path]:
+        """(the FER2013 pixel CSV with Usage, the FER+ label file)."""
+        source = self._source_path("fer2013")
+        files = find_csv_files(source)
+        if len(files) != 1:
+            raise DatasetError(
+                f"{source}: FER+ labels follow Kaggle's single FER2013 file row by row, but this "
+                f"folder has {', '.join(f.name for f in files)}. Put {' or '.join(USAGE_FILES)} "
+                "there (data.fer2013=...)."
+            )
+        configured = self.ferplus.get("file")
+        if configured:
+            label_file = Path(str(configured)).expanduser()
+            label_file = label_file if label_file.is_absolute() else self.root / label_file
+            if not label_file.is_file():
+                raise DatasetNotFoundError(
+                    f"FER+ label file not found: {label_file} (data.ferplus.file={configured}, "
+                    f"data.root={self.root}).\n{WHERE_TO_GET['ferplus']}."
+                )
+            return files[0], label_file
+        found = find_label_file(files[0].parent)
+        if found is None:
+            raise DatasetNotFoundError(
+                f"FER+ label file not found: looked for {LABEL_FILE} (optionally .gz) beside "
+                f"{files[0]}.\n{WHERE_TO_GET['ferplus']}.\nTo run without any download, use "
+                "data=synthetic."
+            )
+        return files[0], found
+
+    def _setup_ferplus(self) -> None:
+        pixel_file, label_file = self._ferplus_files()
+        mode = str(self.ferplus["labels"])
+        data: FerPlusData = load_ferplus(
+            pixel_file, label_file, mode, self.cache_dir, self.on_bad_row
+        )
+        self.ferplus_report = data.report()
+        faces = data.table.faces
+        train = data.splits["train"]
+        for split, targets in data.splits.items():
+            if targets.rows.size == 0:
+                raise DatasetError(
+                    f"{label_file}: no {split} rows left after dropping "
+                    f"{', '.join(f'{r} {n}' for r, n in targets.drop_counts().items())}."
+                )
+        if train.targets is None:
+            self.train_set = FaceDataset([(faces, train.rows)], train.labels, self._augment)
+        else:
+            draw = mode == "probability"
+            self.train_set = VoteDataset([(faces, train.rows)], train.targets, draw, self._augment)
+        # Accuracy is measured against the majority label, as the FER+ papers report it.
+        val, test = data.splits["val"], data.splits["test"]
+        self.val_set = FaceDataset([(faces, val.rows)], val.labels)
+        self.test_set = FaceDataset([(faces, test.rows)], test.labels)
+        self._log_sizes()
+
+    def _setup_fold(self) -> None:
+        name = self.dataset
+        source = self._source_path(name)
+        files = find_csv_files(source)
+        if len(files) != 1:
+            raise DatasetError(
+                f"{source}: expected the single CSV made by `python -m fer_lightning.data "
+                f"prepare {name}`, found {', '.join(f.name for f in files)}."
+            )
+        table = load_table(files[0], self.cache_dir, self.on_bad_row)
+        subjects = read_subjects(files[0], table)
+        try:
+            rows = fold_rows(subjects, self.folds, self.fold)
+        except ValueError as err:
+            raise DatasetError(f"{files[0]}: {err}") from None
+        sets = {
+            split: self._dataset(
+                [SplitRef(table, split_rows)], self._augment if split == "train" else None
+            )
+            for split, split_rows in rows.items()
+        }
+        self.train_set, self.val_set, self.test_set = sets["train"], sets["val"], sets["test"]
+        self.fold_subjects = {
+            split: sorted(set(subjects[split_rows].tolist())) for split, split_rows in rows.items()
+        }
+        log.info(
+            "%s fold %d of %d: test subjects %s, validation subjects %s, %d training subjects",
+            name,
+            self.fold,
+            self.folds,
+            ", ".join(self.fold_subjects["test"]),
+            ", ".join(self.fold_subjects["val"]),
+            len(self.fold_subjects["train"]),
+        )
+        self._log_sizes()
 
     def _source_label(self, name: str) -> str:
         return str(self._synthetic_csv()) if name == "synthetic" else str(self._source_path(name))
@@ -228,7 +386,8 @@ class FERDataModule(pl.LightningDataModule):
         return FaceDataset(parts, labels, transform)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[Tensor, Tensor]:
-        """(faces (N, 48, 48) uint8, labels) -> (model input (N, 3, S, S) float [0, 1], labels)."""
+        """(faces (N, 48, 48) uint8, targets) -> (model input (N, 3, S, S) float [0, 1],
+        targets): (N,) int64 labels, or (N, C) float label distributions."""
         faces, labels = batch
         return to_model_input(faces, self.input_size), labels
 
@@ -240,19 +399,20 @@ class FERDataModule(pl.LightningDataModule):
         return dataset
 
     def class_counts(self) -> Tensor:
-        """(7,) int64: training faces per class."""
+        """(num_classes,) int64: training faces per class (FER+ label distributions: by their
+        largest class)."""
         labels = self._require("train_set").labels
-        return torch.from_numpy(np.bincount(labels, minlength=NUM_CLASSES).astype(np.int64))
+        return torch.from_numpy(np.bincount(labels, minlength=self.num_classes).astype(np.int64))
 
     def class_weights(self) -> Tensor:
-        """(7,) float32 inverse-frequency weights, mean 1 over the classes present; a class with
-        no training faces gets 0 (and a warning), since it can never be the target."""
+        """(num_classes,) float32 inverse-frequency weights, mean 1 over the classes present; a
+        class with no training faces gets 0 (and a warning), since it can never be the target."""
         counts = self.class_counts().double()
         present = counts > 0
-        weights = torch.zeros(NUM_CLASSES, dtype=torch.float64)
+        weights = torch.zeros(self.num_classes, dtype=torch.float64)
         weights[present] = 1.0 / counts[present]
         weights[present] *= present.sum() / weights[present].sum()
-        missing = [EMOTIONS[i] for i in torch.nonzero(~present).flatten().tolist()]
+        missing = [self.label_names[i] for i in torch.nonzero(~present).flatten().tolist()]
         if missing:
             log.warning("No training faces of %s: class weight 0.", ", ".join(missing))
         return weights.float()
@@ -261,7 +421,7 @@ class FERDataModule(pl.LightningDataModule):
     def _loader(self, dataset: FaceDataset, batch_size: int, train: bool) -> DataLoader:
         sampler = None
         if train and self.balanced_sampler:
-            per_class = np.bincount(dataset.labels, minlength=NUM_CLASSES).astype(np.float64)
+            per_class = np.bincount(dataset.labels, minlength=self.num_classes).astype(np.float64)
             weights = 1.0 / per_class[dataset.labels]
             sampler = WeightedRandomSampler(torch.from_numpy(weights), len(dataset), True)
         return DataLoader(
@@ -280,9 +440,29 @@ class FERDataModule(pl.LightningDataModule):
         return self._loader(self._require("train_set"), self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader:
-        """FER2013 PublicTest (the synthetic set's val split)."""
+        """FER2013 PublicTest (FER+: its majority labels; a fold: the next fold's subjects)."""
         return self._loader(self._require("val_set"), self.eval_batch_size, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        """FER2013 PrivateTest (the synthetic set's test split)."""
+        """FER2013 PrivateTest (FER+: its majority labels; a fold: the fold's subjects)."""
         return self._loader(self._require("test_set"), self.eval_batch_size, train=False)
+
+
+def _check_classes(
+    dataset: str,
+    names: tuple[str, ...],
+    num_classes: int | None,
+    label_names: Sequence[str] | None,
+) -> None:
+    """The config's ``num_classes`` / ``label_names`` (which the model's head follows) must be
+    the dataset's."""
+    if num_classes is not None and int(num_classes) != len(names):
+        raise ValueError(
+            f"data.num_classes={num_classes}, but the {dataset} data have {len(names)} classes "
+            f"({', '.join(names)}); use the data config's value."
+        )
+    if label_names is not None and tuple(label_names) != names:
+        raise ValueError(
+            f"data.label_names={list(label_names)} are not the {dataset} classes "
+            f"{list(names)} (in this order)."
+        )

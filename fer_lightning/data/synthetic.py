@@ -4,17 +4,23 @@ The embedded dataset of the demo experiment and of the tests: it runs anywhere, 
 seed. Every image varies head size, position, rotation, skin/background brightness, feature
 thickness, expression intensity, a lighting gradient, blur and noise, so only the geometry of
 brows, eyes and mouth tells the classes apart (no single pixel statistic does).
+
+:func:`generate_synthetic_ferplus` also writes FER+-format votes for such faces, so that the FER+
+path (``data=ferplus``) runs offline too.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from fer_lightning.data.csv_reader import USAGE_NAMES
 from fer_lightning.data.csv_writer import write_face_csv
-from fer_lightning.labels import EMOTIONS, FACE_SIZE
+from fer_lightning.labels import EMOTIONS, FACE_SIZE, FERPLUS_EMOTIONS
 
 SYNTHETIC_VERSION = 2  # bump when the drawing changes, so cached CSVs are regenerated
 _CANVAS = 96  # drawn at twice the size, then area-downsampled: anti-aliased strokes
@@ -164,27 +170,21 @@ def synthetic_csv_path(
     return Path(folder) / name
 
 
-def generate_synthetic_csv(
-    folder: str | Path,
-    *,
-    train_per_class: int,
-    val_per_class: int,
-    test_per_class: int,
-    seed: int,
-) -> Path:
-    """Write (if missing) a FER2013-format CSV with ``Usage`` and return its path.
-
-    Each split has its own random stream (``seed``, split index), so changing the size of one
-    split leaves the images of the others unchanged.
-    """
+def _check_sizes(train_per_class: int, val_per_class: int, test_per_class: int) -> None:
     for name, value in (("train", train_per_class), ("val", val_per_class)):
         if value < 1:
             raise ValueError(f"synthetic.{name}_per_class must be >= 1, not {value}.")
     if test_per_class < 0:
         raise ValueError(f"synthetic.test_per_class must be >= 0, not {test_per_class}.")
-    path = synthetic_csv_path(folder, train_per_class, val_per_class, test_per_class, seed)
-    if path.is_file():
-        return path
+
+
+def make_splits(
+    train_per_class: int, val_per_class: int, test_per_class: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Faces (N, 48, 48) uint8, labels (N,) and Usage codes (N,) int8 of the three splits in
+    order. Each split has its own random stream (``seed``, split index), so changing the size
+    of one split leaves the images of the others unchanged."""
+    _check_sizes(train_per_class, val_per_class, test_per_class)
     faces, labels, usage = [], [], []
     for code, per_class in enumerate((train_per_class, val_per_class, test_per_class)):
         if per_class == 0:
@@ -193,6 +193,115 @@ def generate_synthetic_csv(
         faces.append(split_faces)
         labels.append(split_labels)
         usage.append(np.full(split_labels.size, code, dtype=np.int8))
-    return write_face_csv(
-        path, np.concatenate(faces), np.concatenate(labels), np.concatenate(usage)
+    return np.concatenate(faces), np.concatenate(labels), np.concatenate(usage)
+
+
+def generate_synthetic_csv(
+    folder: str | Path,
+    *,
+    train_per_class: int,
+    val_per_class: int,
+    test_per_class: int,
+    seed: int,
+) -> Path:
+    """Write (if missing) a FER2013-format CSV with ``Usage`` and return its path."""
+    _check_sizes(train_per_class, val_per_class, test_per_class)
+    path = synthetic_csv_path(folder, train_per_class, val_per_class, test_per_class, seed)
+    if path.is_file():
+        return path
+    faces, labels, usage = make_splits(train_per_class, val_per_class, test_per_class, seed)
+    return write_face_csv(path, faces, labels, usage)
+
+
+# ---------------------------------------------------------------------------- FER+ votes
+
+FERPLUS_HEADER = (
+    "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
+)
+# Each FER2013 class (the synthetic faces' labels) -> its FER+ class.
+FER_TO_FERPLUS: tuple[int, ...] = tuple(
+    FERPLUS_EMOTIONS.index(name)
+    for name in ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")
+)
+_ANNOTATORS = 10
+_UNKNOWN, _NOT_A_FACE = len(FERPLUS_EMOTIONS), len(FERPLUS_EMOTIONS) + 1
+# Shares of the rows that imitate FER+'s hard cases: dropped non-faces (no image name),
+# "unknown" majorities and two-way ties.
+_SHARE_NOT_A_FACE, _SHARE_UNKNOWN, _SHARE_TIE = 0.04, 0.04, 0.06
+
+
+def ferplus_votes(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """FER+-style votes of 10 annotators for faces of FER2013-order ``labels``: ((N, 10) int64
+    counts in fer2013new.csv's column order, (N,) bool "has an image name").
+
+    Most rows: each annotator names the true class with a per-face probability of 0.55-0.95,
+    else another emotion (contempt included) or, rarely, unknown. About 4% are non-faces (all
+    NF votes and no image name, as FER+ marks dropped images), 4% have an unknown majority and
+    6% tie two emotions at 4 votes each."""
+    labels = np.asarray(labels, dtype=np.int64)
+    n, classes = labels.size, len(FERPLUS_EMOTIONS) + 2
+    true = np.asarray(FER_TO_FERPLUS)[labels]
+    votes = np.zeros((n, classes), dtype=np.int64)
+    kind = rng.random(n)
+    not_a_face = kind < _SHARE_NOT_A_FACE
+    unknown = (kind >= _SHARE_NOT_A_FACE) & (kind < _SHARE_NOT_A_FACE + _SHARE_UNKNOWN)
+    tie = (kind >= _SHARE_NOT_A_FACE + _SHARE_UNKNOWN) & (
+        kind < _SHARE_NOT_A_FACE + _SHARE_UNKNOWN + _SHARE_TIE
     )
+    other = (true + rng.integers(1, len(FERPLUS_EMOTIONS), n)) % len(FERPLUS_EMOTIONS)
+    for i in range(n):
+        if not_a_face[i]:
+            votes[i, _NOT_A_FACE] = _ANNOTATORS
+        elif unknown[i]:
+            votes[i, [_UNKNOWN, true[i], other[i]]] = (6, 3, 1)
+        elif tie[i]:
+            votes[i, [true[i], other[i]]] = 4
+            votes[i, rng.choice(len(FERPLUS_EMOTIONS), 2)] += 1
+        else:
+            p_true = rng.uniform(0.55, 0.95)
+            probs = np.full(classes, 0.0)
+            probs[: len(FERPLUS_EMOTIONS)] = (1.0 - p_true - 0.02) / (len(FERPLUS_EMOTIONS) - 1)
+            probs[true[i]] = p_true
+            probs[_UNKNOWN] = 0.02
+            votes[i] = rng.multinomial(_ANNOTATORS, probs)
+    return votes, ~not_a_face
+
+
+def write_ferplus_csv(
+    path: str | Path, votes: np.ndarray, has_image: np.ndarray, usage: np.ndarray
+) -> Path:
+    """Write a FER+ label file (fer2013new.csv's layout): Usage, Image name (empty where
+    ``has_image`` is False), the 10 vote counts. Atomic: the file appears only once complete."""
+    path = Path(path)
+    lines = [FERPLUS_HEADER]
+    for row, (counts, named, code) in enumerate(zip(votes, has_image, usage, strict=True)):
+        name = f"fer{row:07d}.png" if named else ""
+        lines.append(",".join([USAGE_NAMES[int(code)], name, *map(str, counts.tolist())]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii", newline="\n") as handle:
+            handle.write("\n".join(lines) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def generate_synthetic_ferplus(
+    folder: str | Path,
+    *,
+    train_per_class: int,
+    val_per_class: int,
+    test_per_class: int,
+    seed: int,
+) -> tuple[Path, Path]:
+    """Write ``folder/fer2013.csv`` (synthetic faces with Usage) and ``folder/fer2013new.csv``
+    (FER+ votes drawn around each face's class, :func:`ferplus_votes`), the layout
+    ``data=ferplus data.fer2013=<folder>`` reads; returns both paths. Deterministic by seed."""
+    faces, labels, usage = make_splits(train_per_class, val_per_class, test_per_class, seed)
+    votes, has_image = ferplus_votes(labels, np.random.default_rng([seed, 99]))
+    folder = Path(folder)
+    pixels = write_face_csv(folder / "fer2013.csv", faces, labels, usage)
+    return pixels, write_ferplus_csv(folder / "fer2013new.csv", votes, has_image, usage)

@@ -117,8 +117,7 @@ class TorchClassifier(EmotionClassifier):
         if self.device.type == "cpu":
             # oneDNN's convolutions prefer NHWC on CPU.
             self.model = self.model.to(memory_format=torch.channels_last)
-        num_classes = num_classes_of(self.model)
-        self.labels = EMOTIONS if num_classes == len(EMOTIONS) else _generic_labels(num_classes)
+        self.labels = model_labels(model, num_classes_of(self.model))
 
     @torch.inference_mode()
     def _probabilities(self, crops: np.ndarray) -> np.ndarray:
@@ -206,3 +205,13 @@ class OnnxClassifier(EmotionClassifier):
 
 def _generic_labels(num_classes: int) -> tuple[str, ...]:
     return tuple(f"class_{i}" for i in range(num_classes))
+
+
+def model_labels(model: nn.Module, num_classes: int) -> tuple[str, ...]:
+    """The class names of ``model``: its ``label_names`` (``load_model`` sets them from this
+    project's checkpoints) when they fit its outputs, else FER2013's 7 emotions for 7 outputs,
+    else ``class_<i>``."""
+    names = getattr(model, "label_names", None)
+    if isinstance(names, list | tuple) and len(names) == num_classes:
+        return tuple(str(name) for name in names)
+    return EMOTIONS if num_classes == len(EMOTIONS) else _generic_labels(num_classes)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fer_lightning.labels import EMOTIONS
+from fer_lightning.inference.backends import model_labels
 from fer_lightning.models import num_classes_of
 
 # The lowest opset with the operators these networks need and a dynamic batch axis.
@@ -65,12 +65,7 @@ def _write_metadata(path: Path, model: nn.Module, input_size: int) -> None:
     import onnx
 
     proto = onnx.load(str(path))
-    num_classes = num_classes_of(model)
-    labels = (
-        list(EMOTIONS)
-        if num_classes == len(EMOTIONS)
-        else [f"class_{i}" for i in range(num_classes)]
-    )
+    labels = list(model_labels(model, num_classes_of(model)))
     entries = {
         "arch": str(getattr(model, "arch", type(model).__name__)),
         "input_size": str(input_size),

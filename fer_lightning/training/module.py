@@ -19,10 +19,30 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from fer_lightning.labels import NUM_CLASSES
+from fer_lightning.labels import EMOTIONS, NUM_CLASSES
 from fer_lightning.models import create_model
 from fer_lightning.models.presets import check_input_size, default_input_size
 from fer_lightning.training.scoring import Predictions, metrics, tta_probabilities
+
+
+def is_soft(y: Tensor) -> bool:
+    """Whether a batch's targets are (N, C) label distributions rather than (N,) labels."""
+    return y.dim() == 2 and y.is_floating_point()
+
+
+def hard_labels(y: Tensor) -> Tensor:
+    """(N,) int64 labels: ``y`` itself, or the largest class of each label distribution."""
+    return y.argmax(dim=1) if is_soft(y) else y
+
+
+def _label_names(names: Sequence[str] | None, num_classes: int) -> list[str] | None:
+    """The names to save: as given (one per class), FER2013's for 7 classes, else None."""
+    if names is None:
+        return list(EMOTIONS) if num_classes == len(EMOTIONS) else None
+    names = [str(name) for name in names]
+    if len(names) != num_classes:
+        raise ValueError(f"label_names has {len(names)} names for {num_classes} classes.")
+    return names
 
 
 class NonFiniteLossError(RuntimeError):
@@ -40,11 +60,15 @@ class FERClassifier(pl.LightningModule):
     """Train, validate and test one architecture of the zoo on 48x48 faces.
 
     Batches arrive as ``(x, y)`` with ``x`` the model input (N, 3, S, S) float in [0, 1] (the
-    DataModule resizes on the device) and ``y`` (N,) int64 labels.
+    DataModule resizes on the device) and ``y`` either (N,) int64 labels or (N, C) float label
+    distributions (FER+'s soft targets): the loss is then the cross-entropy against the
+    distribution, and accuracy counts the distribution's largest class as the label.
 
     Args:
         arch: registered architecture name (``fer_lightning.models.list_models()``).
         num_classes: size of the classifier head.
+        label_names: the class names, saved in checkpoints (``load_model`` sets
+            ``model.label_names`` from them); default: FER2013's 7 emotions for 7 classes.
         pretrained_backbone: ``None``, ``"imagenet"`` or a path to torchvision ResNet weights.
         input_size: side of the network input; recorded so that checkpoints know it
             (default: the architecture's preset, 224).
@@ -70,6 +94,7 @@ class FERClassifier(pl.LightningModule):
         self,
         arch: str = "resmasking_dropout1",
         num_classes: int = NUM_CLASSES,
+        label_names: Sequence[str] | None = None,
         pretrained_backbone: str | None = None,
         input_size: int | None = None,
         optimizer: Mapping[str, Any] | None = None,
@@ -86,6 +111,7 @@ class FERClassifier(pl.LightningModule):
             int(input_size or default_input_size(arch)), name="model.input_size"
         )
         optimizer, scheduler, class_weights = map(plain, (optimizer, scheduler, class_weights))
+        label_names = _label_names(plain(label_names), num_classes)
         if isinstance(class_weights, str) and class_weights != "auto":
             raise ValueError(
                 f"class_weights must be null, 'auto' or a list, not {class_weights!r}."
@@ -98,6 +124,7 @@ class FERClassifier(pl.LightningModule):
             {
                 "arch": arch,
                 "num_classes": num_classes,
+                "label_names": label_names,
                 "pretrained_backbone": pretrained_backbone,
                 "input_size": input_size,
                 "optimizer": optimizer,
@@ -161,13 +188,15 @@ class FERClassifier(pl.LightningModule):
         return self.net(x)
 
     def _loss(self, logits: Tensor, y: Tensor, weighted: bool) -> Tensor:
+        """Cross-entropy against (N,) labels or (N, C) label distributions."""
         weight = (
             self.loss_weights.to(logits.device)
             if weighted and self.loss_weights is not None
             else None
         )
+        target = y.float() if is_soft(y) else y
         return F.cross_entropy(
-            logits.float(), y, weight=weight, label_smoothing=self.hparams.label_smoothing
+            logits.float(), target, weight=weight, label_smoothing=self.hparams.label_smoothing
         )
 
     # -- steps ----------------------------------------------------------------------------------
@@ -184,7 +213,7 @@ class FERClassifier(pl.LightningModule):
                 "learning rate, or use 32-true precision if this happened under 16-mixed."
             )
         self.train_loss(loss.detach())
-        self.train_metrics.update(logits.detach(), y)
+        self.train_metrics.update(logits.detach(), hard_labels(y))
         self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, prog_bar=True)
         return loss
@@ -193,7 +222,7 @@ class FERClassifier(pl.LightningModule):
         x, y = batch
         logits = self(x)
         self.val_loss(self._loss(logits, y, weighted=False))
-        self.val_metrics.update(logits, y)
+        self.val_metrics.update(logits, hard_labels(y))
         self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
@@ -213,7 +242,7 @@ class FERClassifier(pl.LightningModule):
         self._test_outputs["probs"].append(torch.softmax(self(x).float(), dim=1).cpu())
         if self.hparams.tta:
             self._test_outputs["probs_tta"].append(tta_probabilities(self, x).cpu())
-        self._test_outputs["labels"].append(y.cpu())
+        self._test_outputs["labels"].append(hard_labels(y).cpu())
 
     def on_test_epoch_end(self) -> None:
         outputs = self._test_outputs
@@ -225,7 +254,10 @@ class FERClassifier(pl.LightningModule):
             probs_tta=torch.cat(outputs["probs_tta"]) if outputs["probs_tta"] else None,
         )
         self._test_outputs = {}
-        label_names = getattr(getattr(self.trainer, "datamodule", None), "label_names", None)
+        label_names = (
+            getattr(getattr(self.trainer, "datamodule", None), "label_names", None)
+            or self.hparams.label_names
+        )
         self.test_results = metrics(self.test_predictions, labels=label_names)
         scalars = {k: v for k, v in self.test_results.items() if isinstance(v, float)}
         self.log_dict(scalars)

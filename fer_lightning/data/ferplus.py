@@ -1,0 +1,500 @@
+"""FER+, Microsoft's 10-annotator re-labelling of FER2013: the vote file, its row-by-row check
+against the pixel file, the rows the FER+ authors drop, and the targets of each label mode.
+
+``fer2013new.csv`` (https://github.com/microsoft/FERPlus, MIT) has one row per row of
+``fer2013.csv``, in the same order: ``Usage``, ``Image name`` and the vote counts for neutral,
+happiness, surprise, sadness, anger, disgust, fear, contempt, unknown and NF (not a face). The
+pixels come from ``fer2013.csv`` (or ``icml_face_data.csv``) through the usual reader and cache.
+
+Rows used, as in the FER+ authors' code (``src/generate_training_data.py``, ``src/ferplus.py``):
+
+1. a row with an empty ``Image name`` is dropped (FER+ left those images out);
+2. a single vote for a class is an outlier and is discarded (counts of 1 become 0);
+3. ``majority`` (and always validation and test): the class with more than half of the
+   remaining votes (unknown and NF counted) is the label. A row whose largest count belongs to
+   unknown or NF alone is dropped ("unknown or not a face"); a row where no emotion has a strict
+   majority (ties, spread votes) is dropped ("no majority");
+4. ``crossentropy`` and ``probability`` (training rows only): classes are taken in decreasing vote
+   order, tied ones together, until they hold 75% of the votes or 3 are taken, stopping at
+   unknown or NF. The row is dropped when unknown or NF alone has the largest count ("unknown or
+   not a face"), or when the emotions taken hold at most half of the votes or more than 3 tie
+   ("votes too spread"). The counts of the emotions taken, normalised, are the row's label
+   distribution.
+
+``crossentropy`` trains on that distribution as a soft target (cross-entropy against it);
+``probability`` draws one hard label from it each time the face is drawn, so every epoch (the
+paper's "probabilistic label drawing"). These are the FER+ repository's mode names. Accuracy is
+always measured against the majority label (validation PublicTest, test PrivateTest).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fer_lightning.data.cache import load_table
+from fer_lightning.data.csv_reader import (
+    SPLITS,
+    USAGE_NAMES,
+    USAGE_TO_SPLIT,
+    FaceTable,
+    excerpt,
+    read_bytes,
+)
+from fer_lightning.data.dataset import FaceDataset
+from fer_lightning.data.errors import DatasetError
+from fer_lightning.labels import FERPLUS_EMOTIONS
+
+log = logging.getLogger(__name__)
+
+LABEL_FILE = "fer2013new.csv"
+# The vote columns of fer2013new.csv, lower-cased, in the file's (and the classes') order.
+VOTE_COLUMNS: tuple[str, ...] = (*FERPLUS_EMOTIONS, "unknown", "nf")
+LABEL_MODES: tuple[str, ...] = ("majority", "probability", "crossentropy")
+NO_IMAGE, UNKNOWN, NO_MAJORITY, SPREAD = (
+    "no image name",
+    "unknown or not a face",
+    "no majority",
+    "votes too spread",
+)
+DROP_REASONS: tuple[str, ...] = (NO_IMAGE, UNKNOWN, NO_MAJORITY, SPREAD)
+_EMOTION_COUNT = len(FERPLUS_EMOTIONS)
+_KEPT = -1
+# The FER+ authors' thresholds for the distribution modes.
+_COVER_SHARE, _MAX_TAKEN, _MIN_SHARE = 0.75, 3, 0.5
+
+
+@dataclass
+class VoteTable:
+    """The parsed content of a FER+ label file.
+
+    ``usage``: (N,) int8 split codes (0 train, 1 val, 2 test); ``has_image``: (N,) bool, False
+    where ``Image name`` is empty; ``votes``: (N, 10) int64 counts in :data:`VOTE_COLUMNS`
+    order; ``lines``: (N,) int64 line number of each row (header = line 1).
+    """
+
+    path: str
+    usage: np.ndarray
+    has_image: np.ndarray
+    votes: np.ndarray
+    lines: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.usage.shape[0])
+
+
+@dataclass
+class SplitTargets:
+    """The kept rows of one split and their targets.
+
+    ``rows``: (K,) int64 row indices (the same in the label file and the pixel table);
+    ``labels``: (K,) int64 majority labels (distribution modes: the distribution's largest
+    class); ``targets``: (K, 8) float32 label distributions, or None for ``majority``;
+    ``dropped``: reason -> row indices of the dropped rows.
+    """
+
+    rows: np.ndarray
+    labels: np.ndarray
+    targets: np.ndarray | None
+    dropped: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def drop_counts(self) -> dict[str, int]:
+        return {reason: int(rows.size) for reason, rows in self.dropped.items()}
+
+
+@dataclass
+class FerPlusData:
+    """The pixel table, the targets of every split and the report of the dropped rows."""
+
+    table: FaceTable
+    votes: VoteTable
+    mode: str
+    splits: dict[str, SplitTargets]
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        """Per split: ``rows`` in the file, ``kept``, and ``dropped`` counts per reason."""
+        out = {}
+        for split, targets in self.splits.items():
+            dropped = targets.drop_counts()
+            out[split] = {
+                "rows": int(targets.rows.size) + sum(dropped.values()),
+                "kept": int(targets.rows.size),
+                "dropped": dropped,
+            }
+        return out
+
+
+# ---------------------------------------------------------------------------- the label file
+
+
+def find_label_file(folder: Path) -> Path | None:
+    """``fer2013new.csv`` (or ``.csv.gz``) in ``folder``, if it is there."""
+    for candidate in (folder / LABEL_FILE, folder / f"{LABEL_FILE}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _header_names(line: str) -> list[str]:
+    return [name.strip().strip('"').strip().lower() for name in line.rstrip("\r").split(",")]
+
+
+def is_label_file(path: str | Path) -> bool:
+    """Whether ``path`` is a file whose header is that of a FER+ label file."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        raw = read_bytes(path)
+    except DatasetError:
+        return False
+    first = raw[: raw.find(b"\n")] if b"\n" in raw else raw
+    names = _header_names(first.decode("utf-8", "replace").lstrip("\ufeff"))
+    return "image name" in names and all(column in names for column in VOTE_COLUMNS)
+
+
+def read_votes(path: str | Path) -> VoteTable:
+    """Parse and validate a FER+ label file (plain or gzip; BOM and CRLF accepted).
+
+    Every problem raises :class:`DatasetError` naming the file and line: a missing column, a
+    row with the wrong number of fields, an unknown ``Usage``, a vote that is not a
+    non-negative integer, no data rows."""
+    path = Path(path)
+    raw = read_bytes(path)
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path}: not a text file (not UTF-8 at byte {err.start}).") from None
+    lines = text.split("\n")
+    names = _header_names(lines[0])
+    required = ("usage", "image name", *VOTE_COLUMNS)
+    missing = [name for name in required if name not in names]
+    if missing:
+        raise DatasetError(
+            f"{path}, line 1: not a FER+ label file: no column {', '.join(map(repr, missing))} "
+            "(expected Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,"
+            "contempt,unknown,NF, as in Microsoft's fer2013new.csv)."
+        )
+    col_usage, col_name = names.index("usage"), names.index("image name")
+    col_votes = [names.index(name) for name in VOTE_COLUMNS]
+    usage, has_image, votes, numbers = [], [], [], []
+    for number, line in enumerate(lines[1:], start=2):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        fields = [value.strip().strip('"').strip() for value in line.split(",")]
+        if len(fields) != len(names):
+            raise DatasetError(
+                f"{path}, line {number}: {len(fields)} comma-separated fields, expected "
+                f"{len(names)} ({', '.join(names)})."
+            )
+        split = USAGE_TO_SPLIT.get(fields[col_usage].lower())
+        if split is None:
+            raise DatasetError(
+                f"{path}, line {number}: unknown Usage value {excerpt(fields[col_usage])} "
+                f"(expected {', '.join(USAGE_NAMES)})."
+            )
+        counts = [fields[c] for c in col_votes]
+        for name, value in zip(VOTE_COLUMNS, counts, strict=True):
+            if not re.fullmatch(r"[0-9]{1,6}", value):
+                raise DatasetError(
+                    f"{path}, line {number}: the {name} vote count {excerpt(value)} is not a "
+                    "non-negative integer."
+                )
+        usage.append(split)
+        has_image.append(bool(fields[col_name]))
+        votes.append([int(v) for v in counts])
+        numbers.append(number)
+    if not usage:
+        raise DatasetError(f"{path}: has a header but no data rows.")
+    return VoteTable(
+        str(path),
+        np.array(usage, dtype=np.int8),
+        np.array(has_image, dtype=bool),
+        np.array(votes, dtype=np.int64),
+        np.array(numbers, dtype=np.int64),
+    )
+
+
+def check_alignment(votes: VoteTable, table: FaceTable) -> None:
+    """Refuse a label file that does not match the pixel file row by row: the same number of
+    rows and the same ``Usage`` on every row. The message names the label file's first line
+    that disagrees (a shifted, shortened or foreign file)."""
+    if table.usage is None:
+        raise DatasetError(
+            f"{table.path}: no Usage column. FER+ labels follow Kaggle's fer2013.csv (or "
+            "icml_face_data.csv) row by row; point data.fer2013 at one of those."
+        )
+    if table.skipped:
+        raise DatasetError(
+            f"{table.path}: {len(table.skipped)} bad rows were skipped (on_bad_row=skip, first "
+            f"line {table.skipped[0][0]}), so its rows no longer line up with the FER+ labels "
+            f"in {votes.path}. Repair the file or use data.on_bad_row=error to see the problem."
+        )
+    n_votes, n_pixels = len(votes), len(table)
+    common = min(n_votes, n_pixels)
+    differ = np.flatnonzero(votes.usage[:common] != table.usage[:common])
+    if differ.size == 0 and n_votes == n_pixels:
+        return
+    if differ.size:
+        row = int(differ[0])
+        where = (
+            f"{votes.path}, line {int(votes.lines[row])}: Usage {USAGE_NAMES[votes.usage[row]]} "
+            f"but row {row + 1} of {table.path} is {USAGE_NAMES[table.usage[row]]}"
+        )
+    elif n_votes < n_pixels:
+        where = (
+            f"{votes.path}: ends after line {int(votes.lines[-1])} (row {n_votes}); the "
+            f"first row without labels is row {n_votes + 1} of {table.path}"
+        )
+    else:
+        where = (
+            f"{votes.path}, line {int(votes.lines[n_pixels])}: row {n_pixels + 1}, but "
+            f"{table.path} ends at row {n_pixels}"
+        )
+    counts = f" ({n_votes} label rows, {n_pixels} image rows)" if n_votes != n_pixels else ""
+    raise DatasetError(
+        f"{where}{counts}. {LABEL_FILE} must have the same rows, in the same order, as the "
+        "FER2013 file: is one of them shifted, cut short or from another copy?"
+    )
+
+
+# ---------------------------------------------------------------------------- targets
+
+
+def _without_single_votes(votes: np.ndarray) -> np.ndarray:
+    """The authors' outlier removal: a class with a single vote gets none."""
+    return np.where(votes <= 1, 0, votes)
+
+
+def _unknown_on_top(clean: np.ndarray) -> np.ndarray:
+    """(N,) bool: the largest count belongs to unknown or NF and to no emotion."""
+    top = clean.max(axis=1)
+    return (clean[:, _EMOTION_COUNT:].max(axis=1) == top) & (
+        clean[:, :_EMOTION_COUNT].max(axis=1) < top
+    )
+
+
+def majority_labels(votes: np.ndarray, has_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Majority labels of (N, 10) vote counts: ((N,) int64 label or -1, (N,) int8 reason:
+    -1 kept, else an index into :data:`DROP_REASONS`)."""
+    clean = _without_single_votes(votes)
+    top, total = clean.max(axis=1), clean.sum(axis=1)
+    reason = np.full(len(clean), _KEPT, dtype=np.int8)
+    reason[2 * top <= total] = DROP_REASONS.index(NO_MAJORITY)
+    reason[_unknown_on_top(clean)] = DROP_REASONS.index(UNKNOWN)
+    reason[~has_image] = DROP_REASONS.index(NO_IMAGE)
+    labels = np.where(reason == _KEPT, clean.argmax(axis=1), -1).astype(np.int64)
+    return labels, reason
+
+
+def _taken_emotions(clean: Sequence[int]) -> list[float] | None:
+    """The FER+ authors' rule for the distribution modes on one row of cleaned counts: the
+    counts of the classes taken, or None when the row is dropped."""
+    remaining = [float(v) for v in clean]
+    total = sum(remaining)
+    taken = [0.0] * len(remaining)
+    covered, count = 0.0, 0
+    open_ = True
+    while covered < _COVER_SHARE * total and count < _MAX_TAKEN and open_:
+        largest = max(remaining)
+        for i, value in enumerate(remaining):
+            if value != largest:
+                continue
+            taken[i], remaining[i] = largest, 0.0
+            covered += largest
+            count += 1
+            if i >= _EMOTION_COUNT:  # unknown or NF: stop; keep it only if it came first
+                open_ = False
+                if sum(taken) > largest:
+                    taken[i] = 0.0
+                    count -= 1
+                break
+    if sum(taken) <= _MIN_SHARE * total or count > _MAX_TAKEN:
+        return None
+    if int(np.argmax(taken)) >= _EMOTION_COUNT:
+        return None
+    return taken[:_EMOTION_COUNT]
+
+
+def label_distributions(votes: np.ndarray, has_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Label distributions of (N, 10) vote counts for the distribution modes: ((N, 8) float32,
+    zero rows where dropped; (N,) int8 reason, -1 kept)."""
+    clean = _without_single_votes(votes)
+    unique, inverse = np.unique(clean, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    unique_targets = np.zeros((len(unique), _EMOTION_COUNT), dtype=np.float64)
+    unique_kept = np.zeros(len(unique), dtype=bool)
+    for i, row in enumerate(unique.tolist()):  # a few thousand distinct rows in FER+
+        taken = _taken_emotions(row)
+        if taken is not None:
+            unique_targets[i] = np.asarray(taken) / sum(taken)
+            unique_kept[i] = True
+    targets = unique_targets[inverse].astype(np.float32)
+    kept = unique_kept[inverse]
+    reason = np.full(len(clean), _KEPT, dtype=np.int8)
+    reason[~kept] = DROP_REASONS.index(SPREAD)
+    reason[~kept & _unknown_on_top(clean)] = DROP_REASONS.index(UNKNOWN)
+    reason[~has_image] = DROP_REASONS.index(NO_IMAGE)
+    targets[reason != _KEPT] = 0.0
+    return targets, reason
+
+
+def split_targets(votes: VoteTable, split: str, mode: str) -> SplitTargets:
+    """Kept rows and targets of ``split``: validation and test always by majority."""
+    if mode not in LABEL_MODES:
+        raise ValueError(f"data.ferplus.labels must be one of {LABEL_MODES}, not {mode!r}.")
+    in_split = np.flatnonzero(votes.usage == SPLITS.index(split))
+    counts, has_image = votes.votes[in_split], votes.has_image[in_split]
+    targets = None
+    if split == "train" and mode != "majority":
+        distributions, reason = label_distributions(counts, has_image)
+        keep = reason == _KEPT
+        targets = distributions[keep]
+        labels = targets.argmax(axis=1).astype(np.int64)
+    else:
+        majority, reason = majority_labels(counts, has_image)
+        keep = reason == _KEPT
+        labels = majority[keep]
+    dropped = {
+        DROP_REASONS[code]: in_split[reason == code]
+        for code in range(len(DROP_REASONS))
+        if np.any(reason == code)
+    }
+    return SplitTargets(in_split[keep], labels, targets, dropped)
+
+
+def load_ferplus(
+    pixel_file: str | Path,
+    label_file: str | Path,
+    mode: str = "majority",
+    cache_dir: str | Path | None = None,
+    on_bad_row: str = "error",
+) -> FerPlusData:
+    """The FER2013 pixels with FER+ targets: reads both files, checks that they agree row by
+    row, drops rows by the rules above and logs the counts per split and reason."""
+    if mode not in LABEL_MODES:
+        raise ValueError(f"data.ferplus.labels must be one of {LABEL_MODES}, not {mode!r}.")
+    votes = read_votes(label_file)
+    table = load_table(pixel_file, cache_dir, on_bad_row)
+    check_alignment(votes, table)
+    data = FerPlusData(
+        table, votes, mode, {split: split_targets(votes, split, mode) for split in SPLITS}
+    )
+    for split, entry in data.report().items():
+        dropped = ", ".join(f"{reason} {n}" for reason, n in entry["dropped"].items()) or "none"
+        log.info(
+            "FER+ %s (%s labels): %d rows, %d kept; dropped: %s",
+            split,
+            mode if split == "train" else "majority",
+            entry["rows"],
+            entry["kept"],
+            dropped,
+        )
+    return data
+
+
+# ---------------------------------------------------------------------------- training data
+
+
+class VoteDataset(FaceDataset):
+    """Training faces whose targets come from FER+ label distributions ``targets`` (N, 8).
+
+    ``draw=False`` (``crossentropy``): batches carry the distributions, (B, 8) float32.
+    ``draw=True`` (``probability``): each face gets a hard label drawn from its distribution
+    every time it is fetched, (B,) int64, from a generator seeded like the augmentation (by
+    torch's per-process seed: reproducible, different in every DataLoader worker).
+    ``labels`` holds each row's largest class (class counts, balanced sampling).
+    """
+
+    def __init__(
+        self,
+        parts: Sequence[tuple[np.ndarray, np.ndarray | None]],
+        targets: np.ndarray,
+        draw: bool,
+        transform: Any = None,
+    ) -> None:
+        targets = np.asarray(targets, dtype=np.float32)
+        super().__init__(parts, targets.argmax(axis=1), transform)
+        self.targets = targets
+        self.draw = draw
+        cumulative = np.cumsum(targets.astype(np.float64), axis=1)
+        self._cumulative = cumulative
+        # Last class with any mass: guards the draw against rounding at the top end.
+        self._last = (targets.shape[1] - 1 - np.argmax(targets[:, ::-1] > 0, axis=1)).astype(
+            np.int64
+        )
+        self._rng: np.random.Generator | None = None
+        self._rng_for: tuple[int, int] | None = None
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
+        faces, _ = super().__getitems__(indices)
+        idx = np.asarray(indices, dtype=np.int64)
+        if not self.draw:
+            return faces, torch.from_numpy(self.targets[idx])
+        cumulative = self._cumulative[idx]
+        point = self._generator().random(idx.size) * cumulative[:, -1]
+        drawn = np.minimum((cumulative <= point[:, None]).sum(axis=1), self._last[idx])
+        return faces, torch.from_numpy(drawn.astype(np.int64))
+
+    def _generator(self) -> np.random.Generator:
+        key = (os.getpid(), torch.initial_seed())
+        if self._rng is None or self._rng_for != key:
+            self._rng = np.random.default_rng(torch.initial_seed())
+            self._rng_for = key
+        return self._rng
+
+
+# ---------------------------------------------------------------------------- statistics
+
+
+def vote_statistics(votes: VoteTable) -> list[str]:
+    """Lines for ``data check``: per split, rows, votes per row, unanimous rows, rows dropped
+    for majority labels by reason, and the majority labels' class histogram."""
+    width = max(len(name) for name in FERPLUS_EMOTIONS)
+    reasons = (NO_IMAGE, UNKNOWN, NO_MAJORITY)
+    lines = [
+        "FER+ votes (majority labels; validation and test always use these):",
+        f"{'split':<6} {'rows':>7} {'votes/row':>9} {'unanimous':>9}  "
+        + " ".join(f"{reason:>{len(reason)}}" for reason in reasons)
+        + "  "
+        + " ".join(f"{name:>{width}}" for name in FERPLUS_EMOTIONS),
+    ]
+    for code, split in enumerate(SPLITS):
+        rows = np.flatnonzero(votes.usage == code)
+        if rows.size == 0:
+            continue
+        counts = votes.votes[rows]
+        labels, reason = majority_labels(counts, votes.has_image[rows])
+        per_row = counts.sum(axis=1)
+        unanimous = int(np.count_nonzero(counts.max(axis=1) == per_row))
+        dropped = " ".join(
+            f"{int(np.count_nonzero(reason == DROP_REASONS.index(r))):>{len(r)}}" for r in reasons
+        )
+        histogram = np.bincount(labels[labels >= 0], minlength=_EMOTION_COUNT)
+        lines.append(
+            f"{split:<6} {rows.size:>7} {per_row.mean():>9.2f} {unanimous:>9}  {dropped}  "
+            + " ".join(f"{n:>{width}}" for n in histogram.tolist())
+        )
+    train = np.flatnonzero(votes.usage == 0)
+    if train.size:
+        _, reason = label_distributions(votes.votes[train], votes.has_image[train])
+        spread = int(np.count_nonzero(reason == DROP_REASONS.index(SPREAD)))
+        unknown = int(np.count_nonzero(reason == DROP_REASONS.index(UNKNOWN)))
+        lines.append(
+            f"training rows dropped in the distribution modes (probability, crossentropy): "
+            f"{NO_IMAGE} {int(np.count_nonzero(~votes.has_image[train]))}, {UNKNOWN} "
+            f"{unknown}, {SPREAD} {spread}"
+        )
+    return lines

@@ -50,17 +50,18 @@ def _head_free(signature: dict[str, tuple[int, ...]]) -> set[str]:
     return {k for k in signature if not k.startswith("fc.")}
 
 
+def _fits(state_dict: dict[str, Tensor], arch: str) -> bool:
+    """Whether the state dict has ``arch``'s keys and shapes (the head's size aside)."""
+    signature = architecture_signature(arch)
+    if set(signature) != set(state_dict):
+        return False
+    # Everything but the head's output size must agree in shape.
+    return all(tuple(state_dict[k].shape) == signature[k] for k in _head_free(signature))
+
+
 def matching_architectures(state_dict: dict[str, Tensor]) -> list[str]:
     """Registered architectures whose keys equal the state dict's (any number of classes)."""
-    keys = set(state_dict)
-    matches = []
-    for arch in list_models():
-        signature = architecture_signature(arch)
-        if set(signature) != keys:
-            continue
-        # Everything but the head's output size must agree in shape.
-        if all(tuple(state_dict[k].shape) == signature[k] for k in _head_free(signature)):
-            matches.append(arch)
+    matches = [arch for arch in list_models() if _fits(state_dict, arch)]
     matches.sort(key=lambda a: (a not in PREFERRED_AMONG_TWINS, a))
     return matches
 
@@ -192,9 +193,12 @@ def load_model(
         path = resolve_checkpoint(path)
     content = read_checkpoint(path, map_location)
     state_dict, meta = extract_state_dict(content, path)
-    fits = matching_architectures(state_dict)
     if arch is None:
         arch = meta.get("arch") if isinstance(meta.get("arch"), str) else None
+    # Building every architecture's key signature takes seconds: when the checkpoint names its
+    # architecture, check that one first and scan the rest only to explain a mismatch.
+    known = arch is not None and arch in list_models()
+    fits = [arch] if known and _fits(state_dict, arch) else matching_architectures(state_dict)
     if arch is None:
         if not fits:
             raise CheckpointError(

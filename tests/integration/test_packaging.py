@@ -16,7 +16,7 @@ import pytest
 from tests.helpers.hydra import ENV
 
 PROJECT = Path(__file__).resolve().parents[2]
-COMMANDS = ("fer-train", "fer-eval", "fer-predict", "fer-export")
+COMMANDS = ("fer-train", "fer-eval", "fer-predict", "fer-export", "fer-serve")
 # A one-epoch demo on a few synthetic faces.
 TINY_DEMO = [
     "experiment=demo",
@@ -98,12 +98,13 @@ def test_wheel_carries_conf_and_its_scripts_work_from_an_empty_folder(tmp_path):
     assert build.returncode == 0, build.stderr[-3000:]
     (wheel,) = wheels.glob("fer_lightning-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for config in ("train", "eval", "predict", "export"):
+    for config in ("train", "eval", "predict", "export", "serve"):
         assert f"fer_lightning/conf/{config}.yaml" in names
     conf_files = {
         p.relative_to(PROJECT / "conf").as_posix() for p in (PROJECT / "conf").rglob("*.yaml")
     }
     assert {f"fer_lightning/conf/{name}" for name in conf_files} <= names
+    assert "fer_lightning/serve/static/index.html" in names
     sources = {p.relative_to(PROJECT).as_posix() for p in (PROJECT / "fer_lightning").rglob("*.py")}
     assert sources <= names, sorted(sources - names)
 
@@ -127,7 +128,7 @@ def test_wheel_carries_conf_and_its_scripts_work_from_an_empty_folder(tmp_path):
     empty.mkdir()
     job = run([script("fer-train", bin_dir), "--cfg", "job"], cwd=empty)
     assert job.returncode == 0 and "arch: resmasking_dropout1" in job.stdout, job.stderr[-2000:]
-    for name in ("fer-eval", "fer-predict", "fer-export"):
+    for name in ("fer-eval", "fer-predict", "fer-export", "fer-serve"):
         helped = run([script(name, bin_dir), "--help"], cwd=empty)
         assert helped.returncode == 0, helped.stderr[-2000:]
     trained = run([script("fer-train", bin_dir), *TINY_DEMO], cwd=empty, timeout=600)

@@ -14,7 +14,7 @@ from pathlib import Path
 import fer_lightning
 
 PACKAGE = Path(fer_lightning.__file__).parent
-LAYERS = ["base", "models", "faces", "data", "training", "inference", "cli"]
+LAYERS = ["base", "models", "faces", "data", "training", "inference", "serve", "cli"]
 ENTRY_POINTS = {"train", "eval", "predict", "export", "checkpoints", "__init__"}
 # Importing these, or reading sys.argv, is parsing a command line.
 ARGUMENT_PARSERS = {"argparse", "click", "typer", "fire", "docopt"}

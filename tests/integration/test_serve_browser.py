@@ -1,0 +1,113 @@
+"""The web page in a real headless browser: Debian's Chromium and chromedriver, driven by
+Selenium (nothing downloaded), against a real ``fer-serve`` process. It uploads the bundled
+photo and checks that the face's box and label tag are drawn on the canvas; the screenshot is
+kept as a test artefact (``outputs/test-artifacts/serve_page.png``, git-ignored)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fer_lightning.inference.samples import ASTRONAUT_PATH
+from tests.helpers.inference import installed_detector, save_lightning_checkpoint
+from tests.helpers.serve import PROJECT_ROOT, running_server
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+ARTIFACT_DIR = PROJECT_ROOT / "outputs" / "test-artifacts"
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1000,1100",
+)
+ANSWER_TIMEOUT_S = 120
+
+
+@contextlib.contextmanager
+def chromium(profile: Path) -> Iterator[object]:
+    """A headless Chromium session with a fresh profile, through the distribution's driver."""
+    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+        pytest.skip(
+            f"Chromium is not installed ({CHROMIUM}, {CHROMEDRIVER}): "
+            "apt-get install -y chromium chromium-driver"
+        )
+    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    # The driver path is given, so Selenium Manager never looks for (or downloads) one.
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def rgb(color: str) -> list[int]:
+    return [int(color[i : i + 2], 16) for i in (1, 3, 5)]
+
+
+PIXEL_JS = """
+const data = document.getElementById('view').getContext('2d')
+  .getImageData(arguments[0], arguments[1], 1, 1).data;
+return [data[0], data[1], data[2]];
+"""
+
+
+def test_the_page_draws_the_face_and_label_of_an_uploaded_photo(tmp_path, monkeypatch):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    checkpoint = save_lightning_checkpoint(tmp_path / "small.ckpt")
+    overrides = [f"detector={installed_detector()}", "access_log=false"]
+    with (
+        chromium(tmp_path / "profile") as driver,
+        running_server(checkpoint, tmp_path / "server.log", *overrides) as server,
+    ):
+        driver.get(f"{server.url}/")
+        assert "emotion" in driver.title
+        driver.find_element(By.ID, "photo").send_keys(str(ASTRONAUT_PATH))
+        result = driver.find_element(By.ID, "result")
+        WebDriverWait(driver, ANSWER_TIMEOUT_S).until(
+            lambda _: result.get_attribute("data-state") in ("done", "error")
+        )
+        screenshot = tmp_path / "serve_page.png"
+        driver.save_screenshot(str(screenshot))
+        ARTIFACT_DIR.mkdir(parents=True, exist_ok=True)
+        shutil.copy(screenshot, ARTIFACT_DIR / "serve_page.png")
+
+        assert result.get_attribute("data-state") == "done", result.text
+        body = json.loads(result.text)
+        assert result.get_attribute("data-faces") == "1"
+        (face,) = body["faces"]
+        assert result.get_attribute("data-labels") == face["label"]
+        assert "ms round trip" in driver.find_element(By.ID, "latency").text
+        canvas = driver.find_element(By.ID, "view")
+        assert (canvas.get_attribute("width"), canvas.get_attribute("height")) == ("320", "320")
+        (drawn,) = json.loads(canvas.get_attribute("data-boxes"))
+        assert (drawn["box"], drawn["label"]) == (face["box"], face["label"])
+        # The pixels themselves: the box's top edge and the label tag have the box's colour.
+        x0, y0, x1, _ = face["box"]
+        tag_left, tag_top, _, _ = drawn["tag"]
+        for x, y in [((x0 + x1) // 2, y0), (int(tag_left) + 2, int(tag_top) + 2)]:
+            pixel = driver.execute_script(PIXEL_JS, x, y)
+            assert pixel == pytest.approx(rgb(drawn["color"]), abs=3), (x, y, pixel)
+        assert "Traceback" not in server.log()

@@ -1,6 +1,6 @@
 """Data benchmark: parse, cache and loader throughput on a fake full-size FER2013 CSV.
 
-    python benchmarks/bench_data.py [--rows 35887] [--loader-samples 1920]
+    python benchmarks/bench_data.py [--rows 35887] [--loader-samples 1920] [--json PATH]
 
 Everything runs in one process on one core (``torch.set_num_threads(1)``, ``num_workers=0``), so
 the figures are per core. The loader comparison runs both pipelines in the same run:
@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from run_info import Run, add_options
 from torch.utils.data import DataLoader, Dataset
 
 from fer_lightning.cli.config import CONFIG_DIR
@@ -107,11 +108,16 @@ class _Timer:
 
 
 def run_benchmark(
-    rows: int = FER2013_ROWS, loader_samples: int = 1920, input_size: int = 224
+    rows: int = FER2013_ROWS,
+    loader_samples: int = 1920,
+    input_size: int = 224,
+    json_path: Path | None = None,
 ) -> dict[str, float]:
-    """Print the table and return the figures (seconds, MB, samples/s)."""
+    """Print the table and return the figures (seconds, MB, samples/s); ``json_path`` also
+    gets them, with the loaders as reference (the original) and settings."""
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+    run = Run("bench_data", "samples/CPU-s")
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="fer-bench-") as tmp:
         tmp_path = Path(tmp)
@@ -175,6 +181,10 @@ def run_benchmark(
     print(f"fer_lightning data benchmark: {rows} rows, 1 thread, load average {load:.1f}")
     for key, value in results.items():
         print(f"  {key:<{width}}  {value:10.3f}")
+    run.set_reference(f"original loader, {input_size}px", original_rate)
+    run.add(f"this loader + to_model_input {input_size}", our_rate)
+    run.add("this loader, 48x48 batches only", our_rate_48)
+    run.write_json(json_path, rows=rows, loader_samples=n, figures=results)
     return results
 
 
@@ -182,7 +192,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=FER2013_ROWS)
     parser.add_argument("--loader-samples", type=int, default=1920)
+    add_options(parser, bf16=False)
     args = parser.parse_args()
     if args.rows < 1 or args.loader_samples < 1:
         parser.error("--rows and --loader-samples must be positive")
-    run_benchmark(rows=args.rows, loader_samples=args.loader_samples)
+    run_benchmark(rows=args.rows, loader_samples=args.loader_samples, json_path=args.json)

@@ -1,16 +1,23 @@
 """Inference benchmarks: faces per second on a frame of 8 faces, and video-path memory.
 
-    python benchmarks/bench_inference.py speed [--repeats 3]
+    python benchmarks/bench_inference.py speed [--repeats 3] [--arch A --size S] [--ckpt PATH]
     python benchmarks/bench_inference.py video-memory [--frames 3000]
     python benchmarks/bench_inference.py detectors [--repeats 20]
 
+Each takes ``--json PATH`` (the figures, the machine and the command line as JSON).
+
 ``speed`` times, in one run and interleaved (so that machine load hits all alike), the end to end
 work on one 1280x640 frame holding 8 faces (detection included), with the real network
-(``resmasking_dropout1`` at 224, fresh weights: speed does not depend on their values):
+(``resmasking_dropout1`` at 224, or ``--arch``/``--size``; fresh weights unless ``--ckpt``: speed
+does not depend on their values):
 
 - ``per-face fp32 loop``: as the original package does it: detect, then for each face crop,
   grayscale, ``cv2.resize`` to 224, three channels, one forward pass per face, in fp32;
-- ``batched fp32`` and ``batched bf16``: :class:`EmotionRecognizer`, all 8 faces in one batch.
+- ``batched fp32`` and ``batched bf16``: :class:`EmotionRecognizer`, all 8 faces in one batch
+  (bf16 only where the CPU runs it natively, unless ``--include-emulated-bf16``);
+- ``int8 ONNX, batched``: the recogniser over the model quantised as ``fer-export quantize=int8``
+  does it (calibration settings from ``conf/export.yaml``, synthetic faces), with its top-1
+  agreement with fp32 on the synthetic test split.
 
 It prints faces/s and the ratios to the loop; only the ratios travel between machines.
 
@@ -23,6 +30,8 @@ without recycling, for comparison.
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import os
 import subprocess
 import sys
@@ -35,11 +44,22 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import cv2
 import numpy as np
 import torch
+from omegaconf import OmegaConf
+from run_info import Run, add_options
 
+from fer_lightning.cli.config import CONFIG_DIR
+from fer_lightning.cli.export import int8_faces
 from fer_lightning.faces.detector_worker import RecycledDetector
-from fer_lightning.inference import EmotionRecognizer, TorchClassifier, create_detector
+from fer_lightning.inference import (
+    EmotionRecognizer,
+    OnnxClassifier,
+    TorchClassifier,
+    create_detector,
+)
+from fer_lightning.inference.onnx_export import compare_int8, export_onnx, quantize_int8
 from fer_lightning.inference.samples import astronaut, mosaic
 from fer_lightning.models import create_model
+from fer_lightning.models.checkpoints import load_model
 
 
 def eight_face_frame() -> np.ndarray:
@@ -47,7 +67,9 @@ def eight_face_frame() -> np.ndarray:
     return mosaic(astronaut(), 2, 4)
 
 
-def original_style_loop(model: torch.nn.Module, detector, frame: np.ndarray) -> list[np.ndarray]:
+def original_style_loop(
+    model: torch.nn.Module, detector, frame: np.ndarray, size: int = 224
+) -> list[np.ndarray]:
     """Per-face fp32 inference as the published ``rmn`` package does it."""
     gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
     probs = []
@@ -57,7 +79,7 @@ def original_style_loop(model: torch.nn.Module, detector, frame: np.ndarray) -> 
         cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
         half = int(((x1 - x0) + (y1 - y0)) // 2 // 2 * 1.1)
         crop = gray[max(0, cy - half) : cy + half, max(0, cx - half) : cx + half]
-        crop = cv2.resize(crop, (224, 224))
+        crop = cv2.resize(crop, (size, size))
         crop = np.dstack([crop] * 3)
         x = torch.from_numpy(crop).permute(2, 0, 1).float().div(255).unsqueeze(0)
         with torch.no_grad():
@@ -65,48 +87,107 @@ def original_style_loop(model: torch.nn.Module, detector, frame: np.ndarray) -> 
     return probs
 
 
-def speed(repeats: int) -> None:
+def int8_model(model: torch.nn.Module, size: int, folder: Path) -> tuple[Path, dict]:
+    """``model`` as int8 ONNX in ``folder``, made as ``fer-export quantize=int8`` makes it, and
+    its comparison with fp32 on the synthetic test split."""
+    calibration = OmegaConf.load(CONFIG_DIR / "export.yaml").calibration
+    faces, compare_faces, compared_on = int8_faces(calibration, folder / "data")
+    fp32_path = export_onnx(model, folder / "fp32.onnx", size, opset=17)
+    int8_path = quantize_int8(
+        fp32_path,
+        folder / "int8.onnx",
+        faces,
+        size,
+        method=calibration.method,
+        per_channel=calibration.per_channel,
+        reduce_range=calibration.reduce_range,
+        float_ends=calibration.float_ends,
+    )
+    result = compare_int8(model, int8_path, compare_faces, size, fp32_path)
+    print(f"{result.summary()}; compared on {compared_on}")
+    return int8_path, {**vars(result), "size_ratio": result.size_ratio, "compared_on": compared_on}
+
+
+def speed(
+    repeats: int, arch: str, size: int, ckpt: str | None, run: Run, json_path: Path | None
+) -> None:
     torch.manual_seed(0)
-    model = create_model("resmasking_dropout1").eval()
+    model = (load_model(ckpt, arch=arch) if ckpt else create_model(arch)).eval()
     # yunet as the recogniser runs it (a worker process: in-process beside torch it is ~10x
-    # slower here), shared by all three so that detection costs them the same.
+    # slower here), shared by all settings so that detection costs them the same.
     detector = RecycledDetector("yunet")
     frame = eight_face_frame()
     n_faces = len(detector.detect(frame))
     print(f"frame {frame.shape[1]}x{frame.shape[0]}, {n_faces} faces found by yunet")
     assert n_faces == 8, "the benchmark frame should hold 8 detectable faces"
-    baseline_model = create_model("resmasking_dropout1").eval()
-    baseline_model.load_state_dict(model.state_dict())
+    baseline_model = copy.deepcopy(model)
+    with tempfile.TemporaryDirectory(prefix="fer-bench-int8-") as folder:
+        int8_path, int8 = int8_model(model, size, Path(folder))
+        int8_classifier = OnnxClassifier(int8_path)  # the session holds the model in memory
     runners = {
-        "per-face fp32 loop": lambda: original_style_loop(baseline_model, detector, frame),
-        "batched fp32": _recognizer(model, detector, "fp32").predict,
-        "batched bf16": _recognizer(model, detector, "bf16").predict,
+        "per-face fp32 loop": lambda: original_style_loop(baseline_model, detector, frame, size),
+        "batched fp32": _recognizer(model, detector, "fp32", size).predict,
     }
-    for run in runners.values():  # warm-up: oneDNN primitive creation, first allocations
-        run(frame) if run.__name__ == "predict" else run()
+    bf16 = run.bf16_label("batched bf16")
+    if bf16 is not None:
+        runners[bf16] = _recognizer(model, detector, "bf16", size).predict
+    runners["int8 ONNX, batched"] = EmotionRecognizer(int8_classifier, detector).predict
+    for name, predict in runners.items():  # warm-up: oneDNN primitives, first allocations
+        predict() if name == "per-face fp32 loop" else predict(frame)
     times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(repeats):
-        for name, run in runners.items():
+        for name, predict in runners.items():
             start = time.perf_counter()
-            run(frame) if run.__name__ == "predict" else run()
+            predict() if name == "per-face fp32 loop" else predict(frame)
             times[name].append(time.perf_counter() - start)
-    base = np.median(times["per-face fp32 loop"])
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {repeats} repeats (median)"
+        f"{arch} at {size}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{repeats} repeats (median)"
     )
     for name, values in times.items():
         t = float(np.median(values))
-        print(f"{name:>20}: {n_faces / t:6.2f} faces/s  ({t:.3f} s/frame)  x{base / t:.2f}")
-    # How closely bf16 follows fp32 on these 8 faces (fresh weights: a weak test of agreement).
-    fp32 = np.array([list(f.probs.values()) for f in runners["batched fp32"](frame)])
-    bf16 = np.array([list(f.probs.values()) for f in runners["batched bf16"](frame)])
-    print(
-        f"bf16 vs fp32: max prob diff {np.abs(fp32 - bf16).max():.2e}, "
-        f"top-1 agreement {(fp32.argmax(1) == bf16.argmax(1)).mean():.0%}"
+        if name == "per-face fp32 loop":
+            run.set_reference(name, n_faces / t, seconds_per_frame=t)
+        else:
+            run.add(name, n_faces / t, seconds_per_frame=t)
+    for row in [{**run.reference, "ratio": 1.0}, *run.settings]:
+        print(
+            f"{row['name']:>45}: {row['value']:6.2f} faces/s  "
+            f"({row['seconds_per_frame']:.3f} s/frame)  x{row['ratio']:.2f}"
+        )
+    for note in run.skipped:
+        print(f"skipped {note}")
+    # How closely the others follow fp32 on the frame's 8 faces (fresh weights: a weak test).
+    fp32 = _probabilities(runners["batched fp32"](frame))
+    on_frame = {}
+    for name in runners:
+        if name not in ("per-face fp32 loop", "batched fp32"):
+            other = _probabilities(runners[name](frame))
+            on_frame[name] = {
+                "max_prob_difference": float(np.abs(fp32 - other).max()),
+                "top1_agreement": float((fp32.argmax(1) == other.argmax(1)).mean()),
+            }
+            print(
+                f"{name} vs fp32 on the frame: max prob diff "
+                f"{on_frame[name]['max_prob_difference']:.2e}, top-1 agreement "
+                f"{on_frame[name]['top1_agreement']:.0%}"
+            )
+    run.write_json(
+        json_path,
+        arch=arch,
+        size=size,
+        repeats=repeats,
+        weights=ckpt or "fresh (random) weights",
+        int8=int8,
+        vs_fp32_on_frame=on_frame,
     )
 
 
-def detector_timings(repeats: int) -> None:
+def _probabilities(faces) -> np.ndarray:
+    return np.array([list(f.probs.values()) for f in faces])
+
+
+def detector_timings(repeats: int, run: Run, json_path: Path | None) -> None:
     """Median milliseconds per ``detect`` call of each installed detector on three images."""
     from fer_lightning.inference import available_detectors
 
@@ -130,11 +211,14 @@ def detector_timings(repeats: int) -> None:
                 start = time.perf_counter()
                 found = detector.detect(image)
                 times.append(time.perf_counter() - start)
-            print(f"{name:>38} {label:>20}: {1000 * np.median(times):7.1f} ms, {len(found)} faces")
+            ms = 1000 * float(np.median(times))
+            run.add(f"{name}, {label}", ms, faces=len(found))
+            print(f"{name:>38} {label:>20}: {ms:7.1f} ms, {len(found)} faces")
+    run.write_json(json_path, repeats=repeats)
 
 
-def _recognizer(model, detector, precision: str) -> EmotionRecognizer:
-    return EmotionRecognizer(TorchClassifier(model, "cpu", precision, 224), detector)
+def _recognizer(model, detector, precision: str, size: int) -> EmotionRecognizer:
+    return EmotionRecognizer(TorchClassifier(model, "cpu", precision, size), detector)
 
 
 def rss_mb(pid: int) -> float:
@@ -160,7 +244,9 @@ def write_moving_face_video(path: Path, frames: int) -> None:
     writer.release()
 
 
-def video_memory(frames: int, recycle_every: int, sample_every: int) -> None:
+def video_memory(
+    frames: int, recycle_every: int, sample_every: int, run: Run, json_path: Path | None
+) -> None:
     from fer_lightning.inference.video import predict_video
 
     work = Path(tempfile.mkdtemp())
@@ -177,11 +263,13 @@ def video_memory(frames: int, recycle_every: int, sample_every: int) -> None:
     print(f"{'frame':>6} {'main MB':>8} {'worker MB':>9} {'total MB':>8}")
     start = time.perf_counter()
     with_faces = 0
+    samples = []
     for result in results:
         with_faces += bool(result.faces)
         if result.index % sample_every == 0 or result.index == frames - 1:
             main, child = rss_mb(os.getpid()), rss_mb(worker.pid) if worker.pid else 0.0
             print(f"{result.index:>6} {main:8.1f} {child:9.1f} {main + child:8.1f}")
+            samples.append({"frame": result.index, "main_mb": main, "worker_mb": child})
     elapsed = time.perf_counter() - start
     print(
         f"{with_faces}/{frames} frames with a face, {frames / elapsed:.1f} frames/s, "
@@ -192,6 +280,7 @@ def video_memory(frames: int, recycle_every: int, sample_every: int) -> None:
     # The same detections in a fresh process without recycling: this process has freed heap
     # (from the network) that a leak would first reuse without growing.
     print(f"\nfor comparison: {frames} yunet calls in one fresh process, no recycling")
+    in_process = work / "detector-memory.json"
     subprocess.run(
         [
             sys.executable,
@@ -201,12 +290,23 @@ def video_memory(frames: int, recycle_every: int, sample_every: int) -> None:
             str(video),
             "--sample-every",
             str(sample_every),
+            "--json",
+            str(in_process),
         ],
         check=True,
     )
+    run.write_json(
+        json_path,
+        frames=frames,
+        recycle_every=recycle_every,
+        frames_per_second=frames / elapsed,
+        worker_processes=worker.restarts,
+        samples=samples,
+        yunet_in_one_process=json.loads(in_process.read_text())["samples"],
+    )
 
 
-def detector_memory(video: Path, sample_every: int) -> None:
+def detector_memory(video: Path, sample_every: int, run: Run, json_path: Path | None) -> None:
     """Resident memory of this process while yunet runs in it over every frame of ``video``."""
     detector = create_detector("yunet")
     capture = cv2.VideoCapture(str(video))
@@ -214,6 +314,7 @@ def detector_memory(video: Path, sample_every: int) -> None:
     detector.detect(frame)  # first call: one-off allocations
     before = rss_mb(os.getpid())
     calls = 1
+    samples = [{"calls": 1, "rss_mb": before}]
     while ok:
         ok, frame = capture.read()
         if not ok:
@@ -222,12 +323,16 @@ def detector_memory(video: Path, sample_every: int) -> None:
         calls += 1
         if calls % sample_every == 0:
             now = rss_mb(os.getpid())
+            samples.append({"calls": calls, "rss_mb": now})
             print(f"{calls:>6} calls: {now:7.1f} MB (+{now - before:.1f} MB)", flush=True)
     now = rss_mb(os.getpid())
     print(
         f"{calls:>6} calls: {now:7.1f} MB (+{now - before:.1f} MB, "
         f"{1024 * (now - before) / max(1, calls - 1):.1f} KB per call)"
     )
+    if calls % sample_every:
+        samples.append({"calls": calls, "rss_mb": now})
+    run.write_json(json_path, samples=samples)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,24 +340,37 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     speed_parser = sub.add_parser("speed")
     speed_parser.add_argument("--repeats", type=int, default=3)
+    speed_parser.add_argument("--arch", default="resmasking_dropout1")
+    speed_parser.add_argument("--size", type=int, default=224, help="network input side")
+    speed_parser.add_argument("--ckpt", help="trained weights (default: fresh ones)")
+    add_options(speed_parser)
     detectors_parser = sub.add_parser("detectors")
     detectors_parser.add_argument("--repeats", type=int, default=20)
+    add_options(detectors_parser, bf16=False)
     leak_parser = sub.add_parser("detector-memory")
     leak_parser.add_argument("--video", type=Path, required=True)
     leak_parser.add_argument("--sample-every", type=int, default=250)
+    add_options(leak_parser, bf16=False)
     video_parser = sub.add_parser("video-memory")
     video_parser.add_argument("--frames", type=int, default=3000)
     video_parser.add_argument("--recycle-every", type=int, default=500)
     video_parser.add_argument("--sample-every", type=int, default=250)
+    add_options(video_parser, bf16=False)
     args = parser.parse_args(argv)
+    units = {"speed": "faces/s", "detectors": "ms per call"}
+    run = Run(
+        f"bench_inference {args.command}",
+        units.get(args.command, "MB"),
+        getattr(args, "include_emulated_bf16", False),
+    )
     if args.command == "speed":
-        speed(args.repeats)
+        speed(args.repeats, args.arch, args.size, args.ckpt, run, args.json)
     elif args.command == "detector-memory":
-        detector_memory(args.video, args.sample_every)
+        detector_memory(args.video, args.sample_every, run, args.json)
     elif args.command == "detectors":
-        detector_timings(args.repeats)
+        detector_timings(args.repeats, run, args.json)
     else:
-        video_memory(args.frames, args.recycle_every, args.sample_every)
+        video_memory(args.frames, args.recycle_every, args.sample_every, run, args.json)
     return 0
 
 

@@ -1,11 +1,13 @@
 """Training-step throughput of an architecture: Lightning settings against a plain fp32 loop.
 
     python benchmarks/bench_train.py [--arch resmasking_dropout1] [--size 224] [--batch 8]
+        [--json PATH] [--include-emulated-bf16]
 
 Every configuration trains the same network on the same random batches in this one process;
 the figure that matters is each one's ratio to the plain PyTorch fp32 loop measured here, not
 the absolute images/s (shared machines are noisy). The first steps of each configuration are
-warm-up and not timed.
+warm-up and not timed. The bf16 settings run only where the CPU has native bf16 (else they are
+skipped: ``--include-emulated-bf16`` runs them, marked).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from run_info import Run, add_options
 from torch.utils.data import DataLoader, Dataset
 
 from fer_lightning.cli.config import CONFIG_DIR
@@ -109,22 +112,41 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=4, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=1)
+    add_options(parser)
     args = parser.parse_args()
+    run = Run("bench_train", "images/s", args.include_emulated_bf16)
     data = RandomBatches(args.steps + args.warmup, args.batch, args.size)
     print(
         f"{args.arch} at {args.size}x{args.size}, batch {args.batch}, {args.steps} timed steps, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
     reference = plain_fp32_loop(args.arch, data, args.warmup)
-    rows = [("plain PyTorch loop, fp32", reference)]
+    run.set_reference("plain PyTorch loop, fp32", reference)
     for precision in ("32-true", "bf16-mixed"):
         for channels_last in (False, True):
-            speed = lightning_loop(args.arch, data, args.warmup, precision, channels_last)
             layout = "channels_last" if channels_last else "NCHW"
-            rows.append((f"Lightning {precision}, {layout}", speed))
-    print(f"{'configuration':<40}{'images/s':>10}{'vs plain fp32':>15}")
-    for name, speed in rows:
-        print(f"{name:<40}{speed:>10.2f}{speed / reference:>14.2f}x")
+            name = f"Lightning {precision}, {layout}"
+            if precision.startswith("bf16"):
+                name = run.bf16_label(name)  # None: emulated here, skipped
+                if name is None:
+                    continue
+            speed = lightning_loop(args.arch, data, args.warmup, precision, channels_last)
+            run.add(name, speed)
+    rows = [{**run.reference, "ratio": 1.0}, *run.settings]
+    width = max(len(row["name"]) for row in rows) + 2
+    print(f"{'configuration':<{width}}{'images/s':>10}{'vs plain fp32':>15}")
+    for row in rows:
+        print(f"{row['name']:<{width}}{row['value']:>10.2f}{row['ratio']:>14.2f}x")
+    for note in run.skipped:
+        print(f"skipped {note}")
+    run.write_json(
+        args.json,
+        arch=args.arch,
+        size=args.size,
+        batch=args.batch,
+        steps=args.steps,
+        warmup=args.warmup,
+    )
 
 
 if __name__ == "__main__":

@@ -63,6 +63,11 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("fer_project_root", project_root)
     if not OmegaConf.has_resolver("fer_help"):
         OmegaConf.register_new_resolver("fer_help", config_help)
+    if not OmegaConf.has_resolver("fer_unique_dir"):
+        from fer_lightning.cli.run_folders import unique_dir
+
+        # Cached: every reading of hydra.run.dir in one run gives the folder created once.
+        OmegaConf.register_new_resolver("fer_unique_dir", unique_dir, use_cache=True)
 
 
 register_resolvers()

@@ -2,20 +2,27 @@
 images, folders, videos and webcams. Options and their defaults: ``conf/predict.yaml``
 (``fer-predict --help``).
 
-The output folder gets annotated images (same relative paths as in the source folder) or
-annotated videos, and ``predictions.jsonl``: one JSON line per face with its source file, frame
-(videos), box, label and probabilities. Bad inputs are reported one line each and skipped; the
-exit status is 1 if any failed, 2 for a bad command or checkpoint.
+The output folder gets an annotated copy of each input under its own name
+(:mod:`fer_lightning.inference.outputs`: same relative path, ``d.gif`` -> ``d.gif.png``,
+``clip.avi`` -> ``clip.avi.mp4``, never two inputs on one name), per video an emotions-over-time
+plot (``<video>.emotions.png``), and the predictions twice: ``predictions.jsonl`` (one JSON line
+per face) and ``predictions.csv`` (one row per face: source, output, frame, time_s, box, score,
+label, one column per emotion; :mod:`fer_lightning.inference.tables`). Every file is written
+whole or not at all. Bad inputs are reported one line each and skipped; the exit status is 1 if
+any failed (also a video that ends early, or outputs that could not be written, e.g. on a
+full disk), 2 for a bad command or checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import IO, Any
 
 import cv2
@@ -25,10 +32,18 @@ from tqdm import tqdm
 
 from fer_lightning.cli.config import hydra_entry, raw_override
 from fer_lightning.faces.crop import DEFAULT_MARGIN
+from fer_lightning.inference.outputs import (
+    TIMELINE_SUFFIX,
+    OutputNames,
+    OutputWriteError,
+    partial_path,
+    plan_output_names,
+    write_bytes,
+    write_image,
+)
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
-# Image formats OpenCV writes; other sources get a .png annotated copy.
-WRITABLE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+PREDICTIONS_JSONL, PREDICTIONS_CSV = "predictions.jsonl", "predictions.csv"
 
 
 @dataclass
@@ -52,6 +67,7 @@ class PredictConfig:
     align_faces: bool
     draw: bool
     max_frames: int | None
+    every_n_frames: int
     recycle_every: int
 
     @classmethod
@@ -89,6 +105,7 @@ class PredictConfig:
             align_faces=bool(cfg.align_faces),
             draw=bool(cfg.draw),
             max_frames=number("max_frames", int, optional=True),
+            every_n_frames=number("every_n_frames", int),
             recycle_every=number("recycle_every", int),
         )
 
@@ -116,19 +133,31 @@ class RunSummary:
         return ", ".join(parts)
 
 
+@dataclass(frozen=True)
+class Input:
+    """One input and the names of what is written for it (relative to the output folders)."""
+
+    path: Path | int
+    name: str  # as shown in predictions: the path relative to the source folder
+    output: str  # annotated copy, relative to output_dir
+    crops: str  # stem (images) or folder (videos) of its crops, relative to save_faces
+
+
 def run_task(cfg: DictConfig) -> None:
     """The Hydra task: exits with 0 (all inputs done), 1 (some failed) or 2 (bad command)."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     try:
         config = PredictConfig.from_hydra(cfg)
-        if config.batch_size < 1 or config.image_batch < 1 or config.recycle_every < 1:
+        if min(config.batch_size, config.image_batch, config.recycle_every) < 1:
             raise UsageError("batch_size, image_batch and recycle_every must be at least 1.")
+        if config.every_n_frames < 1:
+            raise UsageError(f"every_n_frames={config.every_n_frames}: must be at least 1.")
         check_output_dir(config)
         recognizer = build_recognizer(config)
         status = run(config, recognizer)
     except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(printable(f"error: {error}"), file=sys.stderr)
         status = EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -137,18 +166,36 @@ def run_task(cfg: DictConfig) -> None:
 
 
 def check_output_dir(config: PredictConfig) -> None:
-    """Refuse an output folder that is the source folder or inside it: outputs would replace
-    inputs, and a later run would read them as inputs."""
+    """Refuse an output or crops folder that is the source folder or inside it: outputs would
+    replace inputs, and a later run would read them as inputs."""
     source = Path(config.source)
     if not source.is_dir():
         return
-    output = Path(config.output_dir).resolve()
     root = source.resolve()
-    if output == root or root in output.parents:
-        raise UsageError(
-            f"output_dir={config.output_dir} is inside source={config.source}: annotated copies "
-            "would replace the inputs or be read as inputs next time. Choose a folder outside it."
-        )
+    for key, folder in (("output_dir", config.output_dir), ("save_faces", config.save_faces)):
+        if folder is None:
+            continue
+        resolved = Path(folder).resolve()
+        if resolved == root or root in resolved.parents:
+            raise UsageError(
+                f"{key}={folder} is inside source={config.source}: what is written there would "
+                "replace the inputs or be read as inputs next time. Choose a folder outside it."
+            )
+
+
+def check_no_input_replaced(inputs: list[Input], output_dir: Path) -> None:
+    """Refuse a run whose outputs would land on one of its inputs (a single photo with
+    output_dir its own folder; a source folder inside output_dir)."""
+    sources = {
+        str(item.path.resolve()): item.path for item in inputs if isinstance(item.path, Path)
+    }
+    for item in inputs:
+        target = str((output_dir / item.output).resolve())
+        if target in sources:
+            raise UsageError(
+                f"output_dir={output_dir}: the annotated copy of {item.path} would replace the "
+                f"input {sources[target]}. Choose an output folder that holds no inputs."
+            )
 
 
 def build_recognizer(config: PredictConfig):  # -> EmotionRecognizer
@@ -183,166 +230,280 @@ def build_recognizer(config: PredictConfig):  # -> EmotionRecognizer
         raise UsageError(str(error)) from None
 
 
-def run(config: PredictConfig, recognizer) -> int:
-    """Process ``config.source`` with ``recognizer``; prints a summary, returns the status."""
+class PredictionFiles:
+    """predictions.jsonl and predictions.csv, written under temporary names and renamed into
+    place at the end (also after Ctrl-C); after a write error the earlier files stay."""
+
+    def __init__(self, output_dir: Path, labels: tuple[str, ...]) -> None:
+        from fer_lightning.inference.tables import CsvTableWriter
+
+        self.targets = (output_dir / PREDICTIONS_JSONL, output_dir / PREDICTIONS_CSV)
+        self.partials = tuple(partial_path(path) for path in self.targets)
+        self._current = self.targets[0]
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            # Closed by __exit__ (this class is the context manager). A file name that is not
+            # valid UTF-8 becomes an escape (\udce9 in both files), never a crash.
+            self.jsonl: IO[str] = open(self.partials[0], "w", encoding="utf-8")  # noqa: SIM115
+            self._current = self.targets[1]
+            self.csv: IO[str] = open(  # noqa: SIM115
+                self.partials[1], "w", encoding="utf-8", errors="backslashreplace", newline=""
+            )
+            self.table = CsvTableWriter(self.csv, labels)
+        except OSError as error:
+            self._discard()
+            raise OutputWriteError(self._current, error) from None
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        """One predictions-table row per face, to both files."""
+        try:
+            self._current = self.targets[0]
+            for row in rows:
+                self.jsonl.write(json.dumps(_json_line(row)) + "\n")
+            self._current = self.targets[1]
+            self.table.write(rows)
+        except OSError as error:
+            raise OutputWriteError(self._current, error) from None
+
+    def __enter__(self) -> PredictionFiles:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        if kind is None or issubclass(kind, KeyboardInterrupt):
+            try:
+                for stream, partial, target in zip(
+                    (self.jsonl, self.csv), self.partials, self.targets, strict=True
+                ):
+                    self._current = target
+                    stream.close()
+                    os.replace(partial, target)
+            except OSError as write_error:
+                self._discard()
+                raise OutputWriteError(self._current, write_error) from None
+        else:
+            self._discard()
+
+    def _discard(self) -> None:
+        for name in ("jsonl", "csv"):
+            stream = getattr(self, name, None)
+            if stream is not None:
+                with contextlib.suppress(OSError):  # the file is removed below anyway
+                    stream.close()
+        for partial in self.partials:
+            partial.unlink(missing_ok=True)
+
+
+def _json_line(row: dict[str, Any]) -> dict[str, Any]:
+    """A predictions.jsonl line from a table row: source, output, frame and time_s (videos),
+    face, box, score, label and probs."""
+    from fer_lightning.inference.tables import BASE_COLUMNS
+
+    line: dict[str, Any] = {"source": row["source"], "output": row["output"] or None}
+    if row["frame"] is not None:
+        line["frame"], line["time_s"] = row["frame"], row["time_s"]
+    line["face"] = row["face"]
+    line["box"] = [row["x0"], row["y0"], row["x1"], row["y1"]]
+    line["score"], line["label"] = row["score"], row["label"]
+    line["probs"] = {k: v for k, v in row.items() if k not in BASE_COLUMNS}
+    return line
+
+
+def collect_inputs(
+    config: PredictConfig, summary: RunSummary
+) -> tuple[list[Input], list[Input]] | None:
+    """The images and videos of ``config.source``, each with its output names; None for a
+    webcam (handled by the caller)."""
     from fer_lightning.faces.images import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    summary = RunSummary()
     source = config.source.strip()
-    with open(output_dir / "predictions.jsonl", "w", encoding="utf-8") as jsonl:
-        if source.isdigit() and not Path(source).exists():
-            run_video(
-                config, recognizer, int(source), f"webcam{source}", output_dir, jsonl, summary
-            )
-        elif Path(source).is_dir():
-            root = Path(source)
-            images, videos = [], []
-            for path in sorted(p for p in root.rglob("*") if p.is_file()):
-                if any(part.startswith(".") for part in path.relative_to(root).parts):
-                    continue
-                suffix = path.suffix.lower()
-                if suffix in IMAGE_SUFFIXES:
-                    images.append(path)
-                elif suffix in VIDEO_SUFFIXES:
-                    videos.append(path)
-                else:
-                    summary.skipped.append(str(path))
-                    report(f"{path}: skipped, not an image or video file (suffix {suffix!r}).")
-            run_images(config, recognizer, images, root, output_dir, jsonl, summary)
+    if source.isdigit() and not Path(source).exists():
+        return None
+    found: list[tuple[Path, str, bool]] = []  # path, name, is_video
+    path = Path(source)
+    if path.is_dir():
+        for item in sorted(p for p in path.rglob("*") if p.is_file()):
+            if any(part.startswith(".") for part in item.relative_to(path).parts):
+                continue
+            suffix = item.suffix.lower()
+            if suffix in IMAGE_SUFFIXES or suffix in VIDEO_SUFFIXES:
+                found.append((item, item.relative_to(path).as_posix(), suffix in VIDEO_SUFFIXES))
+            else:
+                summary.skipped.append(str(item))
+                report(f"{item}: skipped, not an image or video file (suffix {suffix!r}).")
+    elif path.suffix.lower() in VIDEO_SUFFIXES:
+        found.append((path, path.name, True))
+    elif path.exists():
+        found.append((path, path.name, False))
+    else:
+        summary.failed.append(source)
+        report(f"{source}: no such file or folder, and not a webcam index.")
+    names = OutputNames(reserved=(PREDICTIONS_JSONL, PREDICTIONS_CSV))
+    outputs = plan_output_names([(name, is_video) for _, name, is_video in found], names)
+    crop_names = OutputNames()
+    images, videos = [], []
+    for item, name, is_video in found:
+        entry = Input(item, name, outputs[name], crop_names.claim(name))
+        (videos if is_video else images).append(entry)
+    return images, videos
+
+
+def run(config: PredictConfig, recognizer) -> int:
+    """Process ``config.source`` with ``recognizer``; prints a summary, returns the status."""
+    output_dir = Path(config.output_dir)
+    summary = RunSummary()
+    collected = collect_inputs(config, summary)
+    if collected is None:
+        name = f"webcam{config.source.strip()}"
+        images, videos = [], [Input(int(config.source.strip()), name, f"{name}.mp4", name)]
+    else:
+        images, videos = collected
+        check_no_input_replaced(images + videos, output_dir)
+    # Timeline plots share the output folder's names with the annotated copies.
+    names = OutputNames([PREDICTIONS_JSONL, PREDICTIONS_CSV, *(i.output for i in images + videos)])
+    try:
+        with PredictionFiles(output_dir, recognizer.labels) as files:
+            run_images(config, recognizer, images, output_dir, files, summary)
             for video in videos:
-                rel = video.relative_to(root).as_posix()
-                run_video(config, recognizer, video, rel, output_dir, jsonl, summary)
-        elif Path(source).suffix.lower() in VIDEO_SUFFIXES:
-            run_video(
-                config, recognizer, Path(source), Path(source).name, output_dir, jsonl, summary
-            )
-        elif Path(source).exists():
-            path = Path(source)
-            run_images(config, recognizer, [path], path.parent, output_dir, jsonl, summary)
-        else:
-            summary.failed.append(source)
-            report(f"{source}: no such file or folder, and not a webcam index.")
-    print(f"{summary.line()}. Results in {output_dir}", file=sys.stderr)
+                timeline = names.claim(video.name + TIMELINE_SUFFIX)
+                run_video(config, recognizer, video, timeline, output_dir, files, summary)
+    except OutputWriteError as error:
+        summary.failed.append(str(error.path))
+        report(f"error: {error}")
+    print(printable(f"{summary.line()}. Results in {output_dir}"), file=sys.stderr)
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK
 
 
 def report(message: str) -> None:
     """One line per problem, above any progress bar."""
-    tqdm.write(message, file=sys.stderr)
+    tqdm.write(printable(message), file=sys.stderr)
+
+
+def printable(text: str) -> str:
+    """``text`` with the undecodable bytes of odd file names as escapes (``caf\\udce9.jpg``), so
+    that any console or log can take it."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def run_images(
     config: PredictConfig,
     recognizer,
-    paths: list[Path],
-    root: Path,
+    inputs: list[Input],
     output_dir: Path,
-    jsonl: IO[str],
+    files: PredictionFiles,
     summary: RunSummary,
 ) -> None:
     """Images in groups of ``config.image_batch``: read and detect each (reporting failures),
     then all faces of the group through the network together."""
     from fer_lightning.inference import ImageError, read_image
+    from fer_lightning.inference.tables import face_rows
 
-    progress = tqdm(total=len(paths), unit="img", disable=len(paths) < 2, file=sys.stderr)
-    for group in _chunks(paths, config.image_batch):
-        good: list[tuple[str, np.ndarray, list]] = []
-        for path in group:
-            name = path.relative_to(root).as_posix() if path != root else path.name
+    progress = tqdm(total=len(inputs), unit="img", disable=len(inputs) < 2, file=sys.stderr)
+    for group in _chunks(inputs, config.image_batch):
+        good: list[tuple[Input, np.ndarray, list]] = []
+        for item in group:
             try:
-                image = read_image(path)
-                good.append((name, image, recognizer.detector.detect(image)))
+                image = read_image(item.path)
+                good.append((item, image, recognizer.detector.detect(image)))
             except ImageError as error:
-                summary.failed.append(str(path))
+                summary.failed.append(str(item.path))
                 report(f"error: {error}")
             except Exception as error:  # a detector crashing on one image must not end the run
-                summary.failed.append(str(path))
-                report(f"error: {path}: {type(error).__name__}: {error}")
+                summary.failed.append(str(item.path))
+                report(f"error: {item.path}: {type(error).__name__}: {error}")
         if good:
-            names, images, detections = zip(*good, strict=True)
-            crop_names = [n.replace("/", "__").rsplit(".", 1)[0] for n in names]
+            items, images, detections = zip(*good, strict=True)
+            crop_names = [item.crops for item in items]
             faces = recognizer.recognize(images, detections, config.save_faces, crop_names)
-            for name, image, image_faces in zip(names, images, faces, strict=True):
+            for item, image, image_faces in zip(items, images, faces, strict=True):
                 summary.images += 1
                 summary.faces += len(image_faces)
                 summary.without_faces += not image_faces
-                for j, face in enumerate(image_faces):
-                    jsonl.write(json.dumps({"source": name, "face": j, **face.to_dict()}) + "\n")
+                output = item.output if config.draw else None
+                files.write(face_rows(image_faces, item.name, output))
                 if config.draw:
-                    write_annotated(output_dir / name, recognizer.draw(image, image_faces))
+                    write_image(output_dir / item.output, recognizer.draw(image, image_faces))
         progress.update(len(group))
     progress.close()
-
-
-def write_annotated(path: Path, image: np.ndarray) -> None:
-    if path.suffix.lower() not in WRITABLE_SUFFIXES:
-        path = path.with_suffix(".png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), image):
-        raise OSError(f"Could not write {path}.")
 
 
 def run_video(
     config: PredictConfig,
     recognizer,
-    source: Path | int,
-    name: str,
+    video: Input,
+    timeline: str,
     output_dir: Path,
-    jsonl: IO[str],
+    files: PredictionFiles,
     summary: RunSummary,
 ) -> None:
-    """One video file or webcam: annotated ``<name>.mp4`` and one JSON line per face."""
-    from fer_lightning.inference.video import VideoError, open_capture, predict_video
+    """One video file or webcam: the annotated video, one row per face of each analysed
+    frame, the emotions-over-time plot and a line with the share of each emotion."""
+    from fer_lightning.inference.tables import emotion_shares, face_rows, frame_table, shares_line
+    from fer_lightning.inference.timeline import emotion_timeline_figure, figure_png
+    from fer_lightning.inference.video import VideoError, frame_count, open_capture, predict_video
 
     try:
-        capture = open_capture(source)
+        capture = open_capture(video.path)
     except VideoError as error:
-        summary.failed.append(str(source))
+        summary.failed.append(str(video.path))
         report(f"error: {error}")
         return
-    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    total = frame_count(capture)
     capture.release()
     if config.max_frames is not None and total is not None:
         total = min(total, config.max_frames)
-    output = output_dir / Path(name).with_suffix(".mp4") if config.draw else None
-    save_faces = None
-    if config.save_faces is not None:
-        save_faces = Path(config.save_faces) / Path(name).with_suffix("").as_posix().replace(
-            "/", "__"
-        )
+    output = video.output if config.draw else None
+    save_faces = None if config.save_faces is None else Path(config.save_faces) / video.crops
     frames = predict_video(
         recognizer,
-        source,
-        output,
+        video.path,
+        output_dir / video.output if config.draw else None,
         max_frames=config.max_frames,
+        every_n_frames=config.every_n_frames,
         recycle_every=config.recycle_every,
         save_faces=save_faces,
     )
-    progress = tqdm(total=total, unit="frame", desc=str(name), file=sys.stderr)
+    progress = tqdm(total=total, unit="frame", desc=printable(video.name), file=sys.stderr)
+    rows: list[dict[str, Any]] = []
+    analysed = 0
     try:
-        for result in _guarded(frames, source, summary):
-            summary.frames += 1
+        for result in _guarded(frames, video.path, summary):
+            analysed += 1
             summary.faces += len(result.faces)
-            for j, face in enumerate(result.faces):
-                line = {"source": name, "frame": result.index, "face": j, **face.to_dict()}
-                jsonl.write(json.dumps(line) + "\n")
-            progress.update(1)
+            frame_rows = face_rows(result.faces, video.name, output, result.index, result.time_s)
+            files.write(frame_rows)
+            rows += frame_rows
+            progress.update(result.index + 1 - progress.n)
         summary.videos += 1
     finally:
         progress.close()
+    summary.frames += analysed
+    if analysed:
+        table = frame_table(rows, recognizer.labels)
+        title = f"{video.name}: emotions over time ({analysed} frames analysed)"
+        figure = emotion_timeline_figure(table, recognizer.labels, title)
+        write_bytes(output_dir / timeline, figure_png(figure))
+        shares = shares_line(emotion_shares(table, recognizer.labels))
+        with_faces = table["frame"].nunique()
+        report(f"{video.name}: {analysed} frames analysed, faces in {with_faces}; {shares}")
 
 
 def _guarded(frames: Iterator, source: Path | int, summary: RunSummary) -> Iterator:
-    """The frames, with a failure mid-video reported instead of raised."""
+    """The frames, with a failure mid-video (or a video that ends early) reported instead of
+    raised; output write errors go on up (they end the run)."""
     from fer_lightning.inference.video import VideoError
 
     try:
         yield from frames
+    except OutputWriteError:
+        raise
     except (VideoError, OSError, RuntimeError) as error:
         summary.failed.append(str(source))
-        report(f"error: {source}: {error}")
+        report(f"error: {error}" if str(source) in str(error) else f"error: {source}: {error}")
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

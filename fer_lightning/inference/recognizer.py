@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 import torch
 
@@ -20,6 +20,10 @@ from fer_lightning.inference.backends import (
     TorchClassifier,
 )
 from fer_lightning.inference.drawing import draw_faces
+from fer_lightning.inference.outputs import write_image
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def detector_for_recognizer(detector: FaceDetector | str, **options: object) -> FaceDetector:
@@ -105,9 +109,12 @@ class EmotionRecognizer:
         RMN format (a dict with ``"net"``), a bare state dict, or an exported ``.onnx`` file
         (run with onnxruntime on the CPU). ``precision``: ``auto`` (bf16 where the hardware
         runs it fast, else fp32), ``fp32`` or ``bf16``. ``options`` go to the constructor
-        (``margin``, ``align_faces``)."""
-        path = Path(path).expanduser()
-        if path.suffix.lower() == ".onnx":
+        (``margin``, ``align_faces``). ``pretrained:<name>`` loads a published checkpoint
+        (see :meth:`from_pretrained`)."""
+        # A pretrained: name goes to load_model as it is (as a Path it would be a file name).
+        if not str(path).startswith("pretrained:"):
+            path = Path(path).expanduser()
+        if isinstance(path, Path) and path.suffix.lower() == ".onnx":
             if not path.is_file():
                 raise FileNotFoundError(f"ONNX model {path} does not exist.")
             classifier: EmotionClassifier = OnnxClassifier(path, batch_size=batch_size)
@@ -117,6 +124,19 @@ class EmotionRecognizer:
             model = load_model(path, arch=arch)
             classifier = TorchClassifier(model, device, precision, input_size, batch_size)
         return cls(classifier, detector, **options)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name: str = "resmasking_dropout1",
+        device: str | torch.device = "auto",
+        detector: FaceDetector | str = "auto",
+        **kwargs: object,
+    ) -> EmotionRecognizer:
+        """A recogniser with the published weights ``name``, downloaded on first use into
+        ``~/.cache/fer_lightning`` (``$FER_CACHE_DIR``); ``kwargs`` as for
+        :meth:`from_checkpoint`."""
+        return cls.from_checkpoint(f"pretrained:{name}", device, detector, **kwargs)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -185,6 +205,40 @@ class EmotionRecognizer:
             landmarks=detection.landmarks,
         )
 
+    def predict_frame_table(
+        self, images: object, names: Sequence[str] | None = None
+    ) -> pd.DataFrame:
+        """:meth:`predict_batch` as a pandas DataFrame, one row per face: ``source`` (the path,
+        or ``names[i]``, or ``image<i>`` for arrays), the box, ``score``, ``label`` and one
+        column per emotion (the columns of predictions.csv; :mod:`.tables`). ``images``: one
+        image (path, array, PIL image) or a list of them."""
+        from fer_lightning.inference.tables import face_rows, frame_table
+
+        if isinstance(images, str | Path | np.ndarray) or not isinstance(images, Iterable):
+            images = [images]
+        images = list(images)
+        if names is None:
+            names = [
+                str(image) if isinstance(image, str | Path) else f"image{i}"
+                for i, image in enumerate(images)
+            ]
+        rows = []
+        for name, faces in zip(names, self.predict_batch(images), strict=True):
+            rows += face_rows(faces, name)
+        return frame_table(rows, self.labels)
+
+    def predict_video(
+        self, source: str | Path | int, output_path: str | Path | None = None, **options: object
+    ) -> pd.DataFrame:
+        """Every analysed frame of a video file (or webcam index) as a DataFrame, one row per
+        face with ``frame`` and ``time_s`` (the columns of predictions.csv). ``output_path``
+        writes the annotated video; ``options``: ``every_n_frames``, ``max_frames``,
+        ``frame_batch``, ``save_faces`` (:func:`fer_lightning.inference.video.predict_video`).
+        Raises ``TruncatedVideoError`` for a file that ends before its announced length."""
+        from fer_lightning.inference.video import video_table
+
+        return video_table(self, source, output_path, **options)
+
     def draw(self, image: object, faces: Sequence[FacePrediction]) -> np.ndarray:
         """A BGR copy of ``image`` with each face's box, label and probability bars."""
         return draw_faces(load_image(image), faces)
@@ -199,16 +253,15 @@ class EmotionRecognizer:
 def save_face_crops(
     crops: Sequence[np.ndarray], directory: str | Path, names: Sequence[str]
 ) -> list[Path]:
-    """Write ``crops[i]`` (N_i, 48, 48) uint8 as ``<directory>/<names[i]>_face<j>.png``."""
+    """Write ``crops[i]`` (N_i, 48, 48) uint8 as ``<directory>/<names[i]>_face<j>.png``
+    (``names`` may hold sub-folders: ``a/x.jpg`` -> ``<directory>/a/x.jpg_face0.png``);
+    ``OutputWriteError`` when a file cannot be written."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for image_crops, name in zip(crops, names, strict=True):
         for j, crop in enumerate(image_crops):
-            path = directory / f"{name}_face{j}.png"
-            if not cv2.imwrite(str(path), crop):
-                raise OSError(f"Could not write face crop {path}.")
-            written.append(path)
+            written.append(write_image(directory / f"{name}_face{j}.png", crop))
     return written
 
 

@@ -2,37 +2,88 @@
 
 Frames are read with OpenCV, faces found by the recogniser's detector (in a recycled worker
 process for ``yunet``, whose memory leak would otherwise grow with the video), and the faces
-of ``frame_batch`` frames go through the network together.
+of ``frame_batch`` frames go through the network together. Each result carries the frame's
+index and time. ``every_n_frames`` analyses every n-th frame only; the annotated video still
+has every frame, the ones in between showing the latest analysed faces.
+
+A file that ends before the frame count its header announces (a truncated download, a copy
+cut short) raises :class:`TruncatedVideoError` after the frames that could be read.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 
 from fer_lightning.faces.detector_worker import RecycledDetector
 from fer_lightning.faces.detectors import FaceDetector
 from fer_lightning.inference.drawing import draw_faces
+from fer_lightning.inference.outputs import OutputWriteError, partial_path
 from fer_lightning.inference.recognizer import EmotionRecognizer, FacePrediction
 
 # Backends known to leak per call; they run in a recycled child process over videos.
 LEAKY_DETECTORS = frozenset({"yunet"})
+# Some containers only estimate their frame count from the duration: a stream that ends this
+# many frames short of it, or fewer, is complete.
+FRAME_COUNT_SLACK = 1
+# Webcams often report 0 fps; 25 keeps the written file playable.
+FALLBACK_FPS = 25.0
 
 
 class VideoError(ValueError):
     """A video file or camera that cannot be opened or written."""
 
 
+class TruncatedVideoError(VideoError):
+    """The stream ended before the frame count in the file's header."""
+
+    def __init__(self, source: str | Path, frames_read: int, frames_expected: int) -> None:
+        self.frames_read = frames_read
+        self.frames_expected = frames_expected
+        super().__init__(
+            f"{source}: the video ended early: {frames_read} of the {frames_expected} frames its "
+            "header announces could be read (truncated or damaged file); the results cover the "
+            f"{frames_read} frames read."
+        )
+
+
 @dataclass(frozen=True)
 class FrameResult:
-    """The faces found in frame ``index`` (0-based) of a video."""
+    """The faces found in frame ``index`` (0-based) of a video, at ``time_s`` seconds (from
+    the frame rate for files, the clock for webcams)."""
 
     index: int
     faces: list[FacePrediction]
+    time_s: float | None = None
+
+
+@contextmanager
+def _opencv_path(path: Path) -> Iterator[str]:
+    """A name OpenCV can open for ``path``: itself, or (for a name that is not valid UTF-8,
+    which OpenCV cannot take) a link to it with a plain name in a temporary folder."""
+    try:
+        os.fsencode(path).decode("utf-8")
+        yield str(path)
+        return
+    except UnicodeDecodeError:
+        pass
+    folder = tempfile.mkdtemp(prefix="fer-video-")
+    try:
+        alias = Path(folder) / f"video{path.suffix.encode('ascii', 'replace').decode()}"
+        os.symlink(os.path.abspath(path), alias)
+        yield str(alias)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def open_capture(source: str | Path | int) -> cv2.VideoCapture:
@@ -46,10 +97,18 @@ def open_capture(source: str | Path | int) -> cv2.VideoCapture:
     path = Path(source)
     if not path.is_file():
         raise VideoError(f"{path}: no such video file.")
-    capture = cv2.VideoCapture(str(path))
+    with _opencv_path(path) as name:
+        # The file stays open after the link is gone.
+        capture = cv2.VideoCapture(name)
     if not capture.isOpened():
         raise VideoError(f"{path}: OpenCV cannot read it as a video (damaged or unknown codec).")
     return capture
+
+
+def frame_count(capture: cv2.VideoCapture) -> int | None:
+    """The number of frames the header announces; None for streams and webcams."""
+    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    return count if count > 0 else None
 
 
 def video_detector(recognizer: EmotionRecognizer, recycle_every: int) -> FaceDetector:
@@ -69,58 +128,146 @@ def predict_video(
     *,
     frame_batch: int = 8,
     max_frames: int | None = None,
+    every_n_frames: int = 1,
     recycle_every: int = 500,
     save_faces: str | Path | None = None,
     fourcc: str = "mp4v",
 ) -> Iterator[FrameResult]:
-    """Yield the faces of every frame of ``source`` (a video file or a webcam index).
+    """Yield the faces of every ``every_n_frames``-th frame of ``source`` (a video file or a
+    webcam index), with the frame's index and time.
 
-    With ``output_path`` the annotated video is written there (same size and frame rate,
-    ``fourcc`` codec). ``max_frames`` stops early (webcams run until it, or forever).
-    ``save_faces`` writes crops as ``frame<index>_face<j>.png``.
+    With ``output_path`` the annotated video is written there (every frame, same size and
+    frame rate, ``fourcc`` codec) under a temporary name and renamed into place when the
+    generator is exhausted or closed; after an error there is none. ``max_frames`` stops
+    after that many frames (webcams run until it, or forever). ``save_faces`` writes crops as
+    ``frame<index>_face<j>.png``. Raises :class:`TruncatedVideoError` after the last frame of
+    a file that ends early.
     """
+    if every_n_frames < 1:
+        raise ValueError(f"every_n_frames must be at least 1, not {every_n_frames}.")
     capture = open_capture(source)
     fps = capture.get(cv2.CAP_PROP_FPS)
-    writer: cv2.VideoWriter | None = None
+    expected = None if isinstance(source, int) else frame_count(capture)
+    writer: _AnnotatedVideo | None = None
     detector = video_detector(recognizer, recycle_every)
-    index = 0
+    started = time.monotonic()
+    index = 0  # frames read so far
+    latest: list[FacePrediction] = []
+    complete = False
     try:
         while max_frames is None or index < max_frames:
-            frames: list[np.ndarray] = []
-            while len(frames) < frame_batch and (
-                max_frames is None or index + len(frames) < max_frames
-            ):
+            frames: list[tuple[int, np.ndarray, float | None]] = []
+            skipped: list[tuple[int, np.ndarray]] = []
+            ended = False
+            while len(frames) < frame_batch and (max_frames is None or index < max_frames):
                 ok, frame = capture.read()
                 if not ok:
+                    ended = True
                     break
-                frames.append(frame)
-            if not frames:
-                break
-            if writer is None and output_path is not None:
-                writer = _open_writer(output_path, frames[0], fps, fourcc)
-            detections = [detector.detect(frame) for frame in frames]
-            names = [f"frame{index + i:06d}" for i in range(len(frames))]
-            faces = recognizer.recognize(frames, detections, save_faces, names)
-            for frame, frame_faces in zip(frames, faces, strict=True):
-                if writer is not None:
-                    writer.write(draw_faces(frame, frame_faces))
-                yield FrameResult(index, frame_faces)
+                if isinstance(source, int):
+                    stamp: float | None = time.monotonic() - started
+                else:
+                    stamp = index / fps if fps and fps > 0 else None
+                if index % every_n_frames == 0:
+                    frames.append((index, frame, stamp))
+                else:
+                    skipped.append((index, frame))
                 index += 1
+            if writer is None and output_path is not None and (frames or skipped):
+                first = frames[0][1] if frames else skipped[0][1]
+                writer = _AnnotatedVideo(Path(output_path), first, fps, fourcc)
+            if frames:
+                images = [frame for _, frame, _ in frames]
+                detections = [detector.detect(image) for image in images]
+                names = [f"frame{i:06d}" for i, _, _ in frames]
+                faces = recognizer.recognize(images, detections, save_faces, names)
+                by_index = {i: f for (i, _, _), f in zip(frames, faces, strict=True)}
+            else:
+                by_index = {}
+            # Frames leave in reading order; the skipped ones show the latest analysed faces.
+            pending = sorted(
+                [(i, frame, stamp) for i, frame, stamp in frames]
+                + [(i, frame, None) for i, frame in skipped],
+                key=lambda item: item[0],
+            )
+            for i, frame, stamp in pending:
+                if i in by_index:
+                    latest = by_index[i]
+                if writer is not None:
+                    writer.write(draw_faces(frame, latest))
+                if i in by_index:
+                    yield FrameResult(i, by_index[i], stamp)
+            if ended or (not frames and not skipped):
+                break
+        complete = True
+    except GeneratorExit:
+        complete = True  # the consumer stopped early: keep the frames written so far
+        raise
     finally:
         capture.release()
         if writer is not None:
-            writer.release()
+            writer.close(keep=complete)
         if detector is not recognizer.detector and isinstance(detector, RecycledDetector):
             detector.close()
+    reached_limit = max_frames is not None and index >= max_frames
+    if expected is not None and not reached_limit and index < expected - FRAME_COUNT_SLACK:
+        raise TruncatedVideoError(source, index, expected)
 
 
-def _open_writer(path: str | Path, frame: np.ndarray, fps: float, fourcc: str) -> cv2.VideoWriter:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    height, width = frame.shape[:2]
-    # Webcams often report 0 fps; 25 keeps the written file playable.
-    rate = fps if fps and fps > 0 else 25.0
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), rate, (width, height))
-    if not writer.isOpened():
-        raise VideoError(f"{path}: OpenCV cannot write a {fourcc} video there.")
-    return writer
+def video_table(
+    recognizer: EmotionRecognizer,
+    source: str | Path | int,
+    output_path: str | Path | None = None,
+    *,
+    name: str | None = None,
+    **options: object,
+) -> pd.DataFrame:
+    """Every analysed frame's faces as a predictions table (:mod:`fer_lightning.inference.
+    tables`): one row per face, with ``frame`` and ``time_s``. ``options`` go to
+    :func:`predict_video` (``every_n_frames``, ``max_frames``, ...)."""
+    from fer_lightning.inference.tables import face_rows, frame_table
+
+    label = name or (f"webcam{source}" if isinstance(source, int) else str(source))
+    output = "" if output_path is None else str(output_path)
+    rows = []
+    for result in predict_video(recognizer, source, output_path, **options):
+        rows += face_rows(result.faces, label, output, result.index, result.time_s)
+    return frame_table(rows, recognizer.labels)
+
+
+class _AnnotatedVideo:
+    """An OpenCV video writer on a temporary file in the target's folder, renamed onto the
+    target when closed (OpenCV gets a plain ASCII name whatever the target's)."""
+
+    def __init__(self, path: Path, frame: np.ndarray, fps: float, fourcc: str) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OutputWriteError(path, error) from None
+        self.tmp = partial_path(path)
+        height, width = frame.shape[:2]
+        rate = fps if fps and fps > 0 else FALLBACK_FPS
+        code = cv2.VideoWriter_fourcc(*fourcc)
+        self.writer = cv2.VideoWriter(str(self.tmp), code, rate, (width, height))
+        if not self.writer.isOpened():
+            self.tmp.unlink(missing_ok=True)
+            raise VideoError(f"{path}: OpenCV cannot write a {fourcc} video there.")
+        self.frames = 0
+
+    def write(self, frame: np.ndarray) -> None:
+        self.writer.write(frame)
+        self.frames += 1
+
+    def close(self, keep: bool = True) -> None:
+        self.writer.release()
+        try:
+            if keep and self.frames and self.tmp.stat().st_size > 0:
+                os.replace(self.tmp, self.path)
+            elif keep and self.frames:
+                # OpenCV reports no write errors; an empty file after frames means one.
+                raise OSError(0, "OpenCV wrote nothing (full disk or unwritable folder?)")
+        except OSError as error:
+            raise OutputWriteError(self.path, error) from None
+        finally:
+            self.tmp.unlink(missing_ok=True)

@@ -82,6 +82,9 @@ def metrics(
         result[f"{prefix}f1_macro_tta"] = float(
             multiclass_f1_score(tta, targets, num_classes, average="macro")
         )
+        result[f"{prefix}recall_per_class_tta"] = [
+            float(r) for r in multiclass_recall(tta, targets, num_classes, average=None)
+        ]
     if num_classes == len(names):
         result[f"{prefix}recall"] = dict(
             zip(names, result[f"{prefix}recall_per_class"], strict=True)

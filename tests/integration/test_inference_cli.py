@@ -64,13 +64,13 @@ def test_folder_with_good_and_bad_files(checkpoint, tmp_path, capsys):
     per_source = {}
     for line in lines:
         per_source[line["source"]] = per_source.get(line["source"], 0) + 1
-        assert set(line) == {"source", "face", "box", "score", "label", "probs"}
+        assert set(line) == {"source", "output", "face", "box", "score", "label", "probs"}
         assert sum(line["probs"].values()) == pytest.approx(1, abs=1e-4)
     # One line per face: the blank image has none.
     expected = {"face.jpg": 1, "nested/four.png": 4, "gray.png": 1, "rgba.png": 1, "deep.png": 1}
     assert per_source == expected
     assert (out / "nested" / "four.png").is_file() and (out / "blank.png").is_file()
-    assert len(list((tmp_path / "crops").glob("*.png"))) == 8
+    assert len(list((tmp_path / "crops").rglob("*.png"))) == 8
 
 
 def test_video_file(checkpoint, tmp_path, capsys):
@@ -90,7 +90,7 @@ def test_video_file(checkpoint, tmp_path, capsys):
     assert status == 0, capsys.readouterr().err
     frames_with_faces = sorted({line["frame"] for line in read_jsonl(out / "predictions.jsonl")})
     assert frames_with_faces == [i for i in range(12) if i % 4 != 3]
-    annotated = cv2.VideoCapture(str(out / "clip.mp4"))
+    annotated = cv2.VideoCapture(str(out / "clip.avi.mp4"))
     count = 0
     while annotated.read()[0]:
         count += 1

@@ -21,6 +21,7 @@ import torch
 from fer_lightning.checkpoints import load_model
 from fer_lightning.cli.train import train
 from fer_lightning.models import list_models
+from fer_lightning.runtime import lightning_precision
 from fer_lightning.training.module import FERClassifier, NonFiniteLossError
 from tests.helpers.hydra import FAST, SMALL_DATA, TRAINED_RUN_DATA, compose_train, run_cli
 
@@ -83,6 +84,7 @@ def test_short_run_learns_and_writes_its_report(trained_run):
         "model",
         "seed",
         "config",
+        "precision",
     ):
         assert key in saved, key
     assert len(saved["test/confusion_matrix"]) == 7
@@ -91,6 +93,18 @@ def test_short_run_learns_and_writes_its_report(trained_run):
     assert [row["epoch"] for row in saved["history"]] == [0, 1, 2, 3]
     for name in ("confusion_matrix.png", "per_class.png", "curves.png"):
         assert (run_dir / name).stat().st_size > 5_000, name
+    # The tested network alone, in the published format, beside the Lightning checkpoints.
+    published = torch.load(run_dir / "model.pt", weights_only=True)
+    assert set(published) == {"net", "arch", "input_size", "label_names"}
+    assert published["arch"] == "resnet18" and published["input_size"] == 64
+    assert load_model(run_dir / "model.pt").input_size == 64
+    assert saved["model_file"] == str(run_dir / "model.pt")
+    x = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(
+        load_model(run_dir / "model.pt")(x), load_model(saved["best_checkpoint"])(x)
+    )
+    # trainer.precision=auto: what this CPU runs natively.
+    assert saved["precision"] == lightning_precision("auto", torch.device("cpu"))
     best = Path(saved["best_checkpoint"])
     assert best.is_file() and "/" not in best.name and best.name.startswith("epoch")
     assert (best.parent / "last.ckpt").is_file()
@@ -316,4 +330,4 @@ def test_debug_fast_runs_every_loop_briefly_without_checkpoints(tmp_path):
     assert results["test/samples"] == 32
     assert results["best_checkpoint"] is None
     assert not (tmp_path / "run" / "checkpoints").exists()
-    assert results["precision"] == "32-true"
+    assert results["precision"] == lightning_precision("auto", torch.device("cpu"))

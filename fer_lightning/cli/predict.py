@@ -43,6 +43,8 @@ from fer_lightning.inference.outputs import (
 )
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+# Decoded pixels held at once by a group of images (100 MP: about 300 MB as BGR).
+GROUP_MAX_PIXELS = 100_000_000
 PREDICTIONS_JSONL, PREDICTIONS_CSV = "predictions.jsonl", "predictions.csv"
 
 
@@ -397,37 +399,50 @@ def run_images(
     files: PredictionFiles,
     summary: RunSummary,
 ) -> None:
-    """Images in groups of ``config.image_batch``: read and detect each (reporting failures),
-    then all faces of the group through the network together."""
+    """Images in groups of ``config.image_batch`` (or fewer, when their pixels add up to
+    ``GROUP_MAX_PIXELS``): read and detect each (reporting failures), then all faces of the
+    group through the network together."""
     from fer_lightning.inference import ImageError, read_image
     from fer_lightning.inference.tables import face_rows
 
     progress = tqdm(total=len(inputs), unit="img", disable=len(inputs) < 2, file=sys.stderr)
-    for group in _chunks(inputs, config.image_batch):
-        good: list[tuple[Input, np.ndarray, list]] = []
-        for item in group:
-            try:
-                image = read_image(item.path)
-                good.append((item, image, recognizer.detector.detect(image)))
-            except ImageError as error:
-                summary.failed.append(str(item.path))
-                report(f"error: {error}")
-            except Exception as error:  # a detector crashing on one image must not end the run
-                summary.failed.append(str(item.path))
-                report(f"error: {item.path}: {type(error).__name__}: {error}")
-        if good:
-            items, images, detections = zip(*good, strict=True)
-            crop_names = [item.crops for item in items]
-            faces = recognizer.recognize(images, detections, config.save_faces, crop_names)
-            for item, image, image_faces in zip(items, images, faces, strict=True):
-                summary.images += 1
-                summary.faces += len(image_faces)
-                summary.without_faces += not image_faces
-                output = item.output if config.draw else None
-                files.write(face_rows(image_faces, item.name, output))
-                if config.draw:
-                    write_image(output_dir / item.output, recognizer.draw(image, image_faces))
-        progress.update(len(group))
+    good: list[tuple[Input, np.ndarray, list]] = []
+
+    def flush() -> None:
+        if not good:
+            return
+        items, images, detections = zip(*good, strict=True)
+        crop_names = [item.crops for item in items]
+        faces = recognizer.recognize(images, detections, config.save_faces, crop_names)
+        for item, image, image_faces in zip(items, images, faces, strict=True):
+            summary.images += 1
+            summary.faces += len(image_faces)
+            summary.without_faces += not image_faces
+            output = item.output if config.draw else None
+            files.write(face_rows(image_faces, item.name, output))
+            if config.draw:
+                write_image(output_dir / item.output, recognizer.draw(image, image_faces))
+        good.clear()
+
+    # A group holds at most image_batch images and GROUP_MAX_PIXELS decoded pixels, so that
+    # memory is bounded by pixels, not by a count of possibly huge photos.
+    pixels = 0
+    for item in inputs:
+        try:
+            image = read_image(item.path)
+            good.append((item, image, recognizer.detector.detect(image)))
+            pixels += image.shape[0] * image.shape[1]
+        except ImageError as error:
+            summary.failed.append(str(item.path))
+            report(f"error: {error}")
+        except Exception as error:  # a detector crashing on one image must not end the run
+            summary.failed.append(str(item.path))
+            report(f"error: {item.path}: {type(error).__name__}: {error}")
+        if len(good) >= config.image_batch or pixels >= GROUP_MAX_PIXELS:
+            flush()
+            pixels = 0
+        progress.update(1)
+    flush()
     progress.close()
 
 
@@ -505,10 +520,6 @@ def _guarded(frames: Iterator, source: Path | int, summary: RunSummary) -> Itera
         summary.failed.append(str(source))
         report(f"error: {error}" if str(source) in str(error) else f"error: {source}: {error}")
 
-
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), max(1, size)):
-        yield items[start : start + size]
 
 
 main = hydra_entry("predict", run_task)

@@ -275,6 +275,13 @@ class FERDataModule(pl.LightningDataModule):
         self._log_sizes()
 
     def _log_sizes(self) -> None:
+        train_size = len(self._require("train_set"))
+        if self.drop_last and train_size < self.batch_size:
+            raise DatasetError(
+                f"data.batch_size={self.batch_size} is larger than the {train_size} training "
+                "faces with data.drop_last=true: not one training step would run. Lower "
+                "data.batch_size or set data.drop_last=false."
+            )
         counts = self.class_counts()
         log.info(
             "data %s: train %d, val %d, test %d faces; training classes %s",

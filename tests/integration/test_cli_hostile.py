@@ -130,3 +130,27 @@ def test_predict_refuses_an_output_folder_inside_the_source(published, tmp_path,
         err = capsys.readouterr().err
         assert status == 2 and "is inside source" in err
     assert photo.read_bytes() == before and sorted(source.iterdir()) == [photo]
+
+
+def test_predict_bounds_a_group_of_images_by_pixels(published, tmp_path, capsys, monkeypatch):
+    source = tmp_path / "photos"
+    source.mkdir()
+    for i in range(3):
+        (source / f"face{i}.jpg").write_bytes(ASTRONAUT_PATH.read_bytes())
+    group_sizes: list[int] = []
+    original = EmotionRecognizer.recognize
+
+    def recording(self, images, *args, **kwargs):
+        group_sizes.append(len(images))
+        return original(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(EmotionRecognizer, "recognize", recording)
+    common = [f"ckpt_path={published}", "detector=none", f"input_size={SMALL_INPUT}"]
+    args = [*common, f"source={source}", "image_batch=16"]
+    assert run_app(predict.main, [*args, f"output_dir={tmp_path / 'a'}"]) == 0
+    assert group_sizes == [3]  # three 320x320 photos fit in one group
+    group_sizes.clear()
+    monkeypatch.setattr(predict, "GROUP_MAX_PIXELS", 320 * 320)  # one photo's worth
+    assert run_app(predict.main, [*args, f"output_dir={tmp_path / 'b'}"]) == 0
+    assert group_sizes == [1, 1, 1]
+    capsys.readouterr()

@@ -10,7 +10,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from fer_lightning.data import DatasetNotFoundError, FERDataModule
+from fer_lightning.data import DatasetError, DatasetNotFoundError, FERDataModule
 from fer_lightning.data.synthetic import generate_synthetic_csv
 from fer_lightning.faces.transforms import tta_views
 from tests.helpers.data import csv_text, paper_augment, random_faces, write
@@ -308,3 +308,16 @@ def test_ddp_spawn_two_cpu_processes(tmp_path):
     )
     trainer.fit(_TinyClassifier(), datamodule=dm)
     assert trainer.state.finished
+
+
+def test_batch_larger_than_the_training_set_with_drop_last_is_refused(tmp_path):
+    dm = FERDataModule(
+        "synthetic",
+        str(tmp_path),
+        batch_size=500,
+        num_workers=0,
+        drop_last=True,
+        synthetic=SMALL,
+    )
+    with pytest.raises(DatasetError, match=r"data.batch_size=500 is larger than the 42 training"):
+        dm.setup("fit")

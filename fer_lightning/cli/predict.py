@@ -27,10 +27,11 @@ from typing import IO, Any
 
 import cv2
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from fer_lightning.cli.config import hydra_entry, raw_override
+from fer_lightning.cli.errors import UsageError, config_number
 from fer_lightning.faces.crop import DEFAULT_MARGIN
 from fer_lightning.inference.outputs import (
     TIMELINE_SUFFIX,
@@ -80,14 +81,7 @@ class PredictConfig:
             return None if value is None else raw_override(key, value)
 
         def number(key: str, kind: type, optional: bool = False) -> Any:
-            value = OmegaConf.select(cfg, key)
-            if value is None and optional:
-                return None
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise UsageError(f"{key}={value!r}: expected a number.")
-            if kind is int and value != int(value):
-                raise UsageError(f"{key}={value!r}: expected a whole number.")
-            return kind(value)
+            return config_number(cfg, key, kind, optional, None)
 
         return cls(
             ckpt_path=str(path("ckpt_path", cfg.ckpt_path)),
@@ -112,8 +106,6 @@ class PredictConfig:
         )
 
 
-class UsageError(ValueError):
-    """A mistake in the command line: reported in one line, exit status 2."""
 
 
 @dataclass

@@ -18,13 +18,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fer_lightning.cli.config import fail, hydra_entry, raw_override
+from fer_lightning.cli.errors import UsageError, config_number
 from fer_lightning.faces.crop import DEFAULT_MARGIN
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
-class UsageError(ValueError):
-    """A mistake in the command line: reported in one line, exit status 2."""
 
 
 @dataclass
@@ -57,16 +56,7 @@ class ServeConfig:
     @classmethod
     def from_hydra(cls, cfg: DictConfig) -> ServeConfig:
         def number(key: str, kind: type, optional: bool = False, minimum: float = 0) -> Any:
-            value = OmegaConf.select(cfg, key)
-            if value is None and optional:
-                return None
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise UsageError(f"{key}={value!r}: expected a number.")
-            if kind is int and value != int(value):
-                raise UsageError(f"{key}={value!r}: expected a whole number.")
-            if value < minimum:
-                raise UsageError(f"{key}={value!r}: must be at least {minimum:g}.")
-            return kind(value)
+            return config_number(cfg, key, kind, optional, minimum)
 
         if OmegaConf.is_missing(cfg, "ckpt_path"):
             raise UsageError(

@@ -106,8 +106,6 @@ class PredictConfig:
         )
 
 
-
-
 @dataclass
 class RunSummary:
     images: int = 0
@@ -511,7 +509,6 @@ def _guarded(frames: Iterator, source: Path | int, summary: RunSummary) -> Itera
     except (VideoError, OSError, RuntimeError) as error:
         summary.failed.append(str(source))
         report(f"error: {error}" if str(source) in str(error) else f"error: {source}: {error}")
-
 
 
 main = hydra_entry("predict", run_task)

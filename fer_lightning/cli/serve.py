@@ -24,8 +24,6 @@ from fer_lightning.faces.crop import DEFAULT_MARGIN
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
-
-
 @dataclass
 class ServeConfig:
     """The options of ``conf/serve.yaml`` as plain values."""

@@ -22,6 +22,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from fer_lightning.labels import EMOTIONS, NUM_CLASSES
 from fer_lightning.models import create_model
 from fer_lightning.models.presets import check_input_size, default_input_size
+from fer_lightning.models.small_maps import use_small_map_convs
 from fer_lightning.training.scoring import Predictions, metrics, tta_probabilities
 
 
@@ -72,7 +73,7 @@ class FERClassifier(pl.LightningModule):
         pretrained_backbone: ``None``, ``"imagenet"`` or a path to torchvision ResNet weights.
         input_size: side of the network input; recorded so that checkpoints know it
             (default: the architecture's preset, 224).
-        optimizer: ``{"_target_": "torch.optim.RAdam", "lr": ..., ...}``; ``params`` are added.
+        optimizer: ``{"_target_": "torch.optim.AdamW", "lr": ..., ...}``; ``params`` are added.
             Needed to train (``conf/optimizer/`` holds the choices; the paper's is ``radam``).
         scheduler: ``None`` or ``{"scheduler": {"_target_": ..., ...}, "monitor": "val/acc",
             "interval": "epoch", "frequency": 1}``; ``optimizer`` is added to the scheduler.
@@ -80,6 +81,9 @@ class FERClassifier(pl.LightningModule):
             DataModule's ``class_weights()``) or one weight per class.
         label_smoothing: cross-entropy label smoothing.
         channels_last: store activations NHWC (faster convolutions on many CPUs and GPUs).
+        small_map_convs: on the CPU, run convolutions whose output is 4x4 or smaller as one
+            matrix product (:mod:`fer_lightning.models.small_maps`; same numbers, faster at
+            small input sizes). Not applied to a ``network`` passed in.
         compile: wrap the network in ``torch.compile``.
         tta: also report test accuracy over the 10 test-time augmentation views.
         network: an already built network to wrap instead of a fresh one (evaluating a loaded
@@ -102,6 +106,7 @@ class FERClassifier(pl.LightningModule):
         class_weights: str | Sequence[float] | None = None,
         label_smoothing: float = 0.0,
         channels_last: bool = False,
+        small_map_convs: bool = True,
         compile: bool = False,
         tta: bool = True,
         network: nn.Module | None = None,
@@ -132,6 +137,7 @@ class FERClassifier(pl.LightningModule):
                 "class_weights": class_weights,
                 "label_smoothing": label_smoothing,
                 "channels_last": channels_last,
+                "small_map_convs": small_map_convs,
                 "compile": compile,
                 "tta": tta,
             }
@@ -139,6 +145,8 @@ class FERClassifier(pl.LightningModule):
         self.net = network if network is not None else create_model(
             arch, num_classes=num_classes, pretrained_backbone=pretrained_backbone
         )
+        if small_map_convs and network is None:
+            use_small_map_convs(self.net)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         if compile:

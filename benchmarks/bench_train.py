@@ -166,8 +166,10 @@ def main() -> None:
     add_options(parser)
     args = parser.parse_args()
     run = Run("bench_train", "images/s", args.include_emulated_bf16)
-    print(f"{args.arch}, {args.steps} timed steps, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"{args.arch}, {args.steps} timed steps, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
     rows = []
     references = []
     for size, batch in parse_sizes(args.sizes):
@@ -189,13 +191,17 @@ def main() -> None:
             speed, loss = lightning_loop(args.arch, data, args.warmup, precision, **settings)
             run.add(name, speed, size=size, batch=batch, loss=loss)
             rows.append(run.settings[-1])
-            print(f"{name}: {speed:.2f} images/s, {run.settings[-1]['ratio']:.2f}x, "
-                  f"first loss {loss:.6f}", flush=True)
+            print(
+                f"{name}: {speed:.2f} images/s, {run.settings[-1]['ratio']:.2f}x, "
+                f"first loss {loss:.6f}",
+                flush=True,
+            )
     width = max(len(row["name"]) for row in rows) + 2
     print(f"\n{'configuration':<{width}}{'images/s':>10}{'vs plain fp32':>15}{'first loss':>12}")
     for row in rows:
-        print(f"{row['name']:<{width}}{row['value']:>10.2f}{row['ratio']:>14.2f}x"
-              f"{row['loss']:>12.6f}")
+        print(
+            f"{row['name']:<{width}}{row['value']:>10.2f}{row['ratio']:>14.2f}x{row['loss']:>12.6f}"
+        )
     for note in run.skipped:
         print(f"skipped {note}")
     run.write_json(

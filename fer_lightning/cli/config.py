@@ -78,9 +78,9 @@ def hydra_entry(config_name: str, task: Callable[[DictConfig], Any]) -> Callable
     import hydra
 
     def main() -> Any:
-        return hydra.main(
-            version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name
-        )(task)()
+        return hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(
+            task
+        )()
 
     main.__doc__ = f"``fer-{config_name}``: Hydra app over conf/{config_name}.yaml."
     return main

@@ -60,4 +60,3 @@ def evaluate_network(
     if module.test_predictions is None:
         raise ValueError("The test split gave no batches (limit_test_batches=0?).")
     return module.test_predictions
-

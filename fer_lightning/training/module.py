@@ -142,8 +142,12 @@ class FERClassifier(pl.LightningModule):
                 "tta": tta,
             }
         )
-        self.net = network if network is not None else create_model(
-            arch, num_classes=num_classes, pretrained_backbone=pretrained_backbone
+        self.net = (
+            network
+            if network is not None
+            else create_model(
+                arch, num_classes=num_classes, pretrained_backbone=pretrained_backbone
+            )
         )
         if small_map_convs and network is None:
             use_small_map_convs(self.net)

@@ -47,7 +47,7 @@ def test_folder_with_good_and_bad_files(checkpoint, tmp_path, capsys):
             f"detector={installed_detector()}",
             "device=cpu",
             "image_batch=4",
-        ]
+        ],
     )
     err = capsys.readouterr().err
     assert status == predict.EXIT_SOME_FAILED
@@ -85,7 +85,7 @@ def test_video_file(checkpoint, tmp_path, capsys):
             f"detector={installed_detector()}",
             "device=cpu",
             "recycle_every=5",
-        ]
+        ],
     )
     assert status == 0, capsys.readouterr().err
     frames_with_faces = sorted({line["frame"] for line in read_jsonl(out / "predictions.jsonl")})
@@ -152,7 +152,7 @@ def test_onnx_export_parity_and_recognizer(tmp_path, capsys):
             "format=onnx",
             f"output={onnx_path}",
             f"input_size={SMALL_INPUT}",
-        ]
+        ],
     )
     out = capsys.readouterr().out
     assert status == 0 and "(ok" in out

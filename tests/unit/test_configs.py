@@ -23,7 +23,8 @@ def test_experiments_compose(tmp_path, experiment):
         assert cfg.model.arch == "resmasking_dropout1"
         assert cfg.model.pretrained_backbone == "imagenet"
         assert cfg.data.input_size == 224 and cfg.data.batch_size == 48
-        assert cfg.optimizer._target_ == "fer_lightning.training.optim.RAdam" and cfg.optimizer.lr == 1e-4
+        assert cfg.optimizer._target_ == "fer_lightning.training.optim.RAdam"
+        assert cfg.optimizer.lr == 1e-4
         assert cfg.optimizer.weight_decay == 1e-3
         assert cfg.scheduler.scheduler.patience == 2 and cfg.scheduler.scheduler.min_lr == 1e-6
         assert cfg.trainer.max_epochs == 50 and cfg.callbacks.early_stopping.patience == 8

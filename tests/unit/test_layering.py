@@ -94,8 +94,10 @@ def test_only_cli_parses_command_lines():
                 offenders.append(f"{path.relative_to(PACKAGE)}:{lineno} imports {imported}")
         for node in ast.walk(tree):
             is_argv = isinstance(node, ast.Attribute) and node.attr == "argv"
-            is_hydra_main = isinstance(node, ast.Attribute) and node.attr == "main" and (
-                isinstance(node.value, ast.Name) and node.value.id == "hydra"
+            is_hydra_main = (
+                isinstance(node, ast.Attribute)
+                and node.attr == "main"
+                and (isinstance(node.value, ast.Name) and node.value.id == "hydra")
             )
             if is_argv or is_hydra_main:
                 offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno} uses {node.attr}")

@@ -15,6 +15,7 @@ does not depend on their values):
   grayscale, ``cv2.resize`` to 224, three channels, one forward pass per face, in fp32;
 - ``batched fp32`` and ``batched bf16``: :class:`EmotionRecognizer`, all 8 faces in one batch
   (bf16 only where the CPU runs it natively, unless ``--include-emulated-bf16``);
+- ``fp32 ONNX, batched``: the recogniser over the fp32 ONNX export (ONNX Runtime);
 - ``int8 ONNX, batched``: the recogniser over the model quantised as ``fer-export quantize=int8``
   does it (calibration settings from ``conf/export.yaml``, synthetic faces), with its top-1
   agreement with fp32 on the synthetic test split.
@@ -87,9 +88,9 @@ def original_style_loop(
     return probs
 
 
-def int8_model(model: torch.nn.Module, size: int, folder: Path) -> tuple[Path, dict]:
-    """``model`` as int8 ONNX in ``folder``, made as ``fer-export quantize=int8`` makes it, and
-    its comparison with fp32 on the synthetic test split."""
+def int8_model(model: torch.nn.Module, size: int, folder: Path) -> tuple[Path, Path, dict]:
+    """``model`` as fp32 and int8 ONNX in ``folder``, made as ``fer-export quantize=int8`` makes
+    them, and the int8 model's comparison with fp32 on the synthetic test split."""
     calibration = OmegaConf.load(CONFIG_DIR / "export.yaml").calibration
     faces, compare_faces, compared_on = int8_faces(calibration, folder / "data")
     fp32_path = export_onnx(model, folder / "fp32.onnx", size, opset=17)
@@ -105,7 +106,8 @@ def int8_model(model: torch.nn.Module, size: int, folder: Path) -> tuple[Path, d
     )
     result = compare_int8(model, int8_path, compare_faces, size, fp32_path)
     print(f"{result.summary()}; compared on {compared_on}")
-    return int8_path, {**vars(result), "size_ratio": result.size_ratio, "compared_on": compared_on}
+    comparison = {**vars(result), "size_ratio": result.size_ratio, "compared_on": compared_on}
+    return fp32_path, int8_path, comparison
 
 
 def speed(
@@ -122,8 +124,9 @@ def speed(
     assert n_faces == 8, "the benchmark frame should hold 8 detectable faces"
     baseline_model = copy.deepcopy(model)
     with tempfile.TemporaryDirectory(prefix="fer-bench-int8-") as folder:
-        int8_path, int8 = int8_model(model, size, Path(folder))
-        int8_classifier = OnnxClassifier(int8_path)  # the session holds the model in memory
+        fp32_path, int8_path, int8 = int8_model(model, size, Path(folder))
+        # The sessions hold the models in memory.
+        fp32_onnx, int8_classifier = OnnxClassifier(fp32_path), OnnxClassifier(int8_path)
     runners = {
         "per-face fp32 loop": lambda: original_style_loop(baseline_model, detector, frame, size),
         "batched fp32": _recognizer(model, detector, "fp32", size).predict,
@@ -131,6 +134,7 @@ def speed(
     bf16 = run.bf16_label("batched bf16")
     if bf16 is not None:
         runners[bf16] = _recognizer(model, detector, "bf16", size).predict
+    runners["fp32 ONNX, batched"] = EmotionRecognizer(fp32_onnx, detector).predict
     runners["int8 ONNX, batched"] = EmotionRecognizer(int8_classifier, detector).predict
     for name, predict in runners.items():  # warm-up: oneDNN primitives, first allocations
         predict() if name == "per-face fp32 loop" else predict(frame)

@@ -102,7 +102,7 @@ def plain_fp32_loop(arch: str, data: RandomBatches, warmup: int) -> tuple[float,
         loss.backward()
         optimizer.step()
         if step == 0:
-            first_loss = float(loss)
+            first_loss = loss.item()
     images_per_s = (len(data) - warmup) * data.x.shape[1] / (time.perf_counter() - start)
     return images_per_s, first_loss
 

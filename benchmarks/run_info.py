@@ -81,7 +81,9 @@ class Run:
             return name
         if self.run_bf16:
             return f"{name} [emulated bf16, not recommended]"
-        self.skipped.append(f"{name}: {EMULATED_BF16} (--include-emulated-bf16 runs it)")
+        note = f"{name}: {EMULATED_BF16} (--include-emulated-bf16 runs it)"
+        if note not in self.skipped:  # once, however many sizes a script runs
+            self.skipped.append(note)
         return None
 
     def set_reference(self, name: str, value: float, **notes: Any) -> None:

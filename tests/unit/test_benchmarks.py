@@ -15,7 +15,13 @@ import pytest
 from tests.helpers.hydra import ENV
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-SCRIPTS = ("bench_train.py", "bench_inference.py", "bench_data.py", "bench_gpu.py")
+SCRIPTS = (
+    "bench_train.py",
+    "bench_inference.py",
+    "bench_data.py",
+    "bench_gpu.py",
+    "bench_convs.py",
+)
 
 
 def load_run_info():

@@ -1,15 +1,16 @@
 """Does the network learn, and does the Lightning pipeline learn like a plain PyTorch loop?
 
-    python benchmarks/learning_check.py [--arch resmasking_dropout1] [--size 32] [--steps 150]
+    python benchmarks/learning_check.py [--arch resmasking_dropout1] [--size 32] [--steps 300]
                                         [--lr 1e-3] [--eval-every 50] [--json learning.json]
 
 Both runs train the same architecture from the same initial weights on the same synthetic
 faces, batches (same order), augmentation (none), optimiser (AdamW, PyTorch's fused kernel in
-both) and learning rate, for the same number of steps; both are scored on the same validation
+both) and learning rate (cosine decay to 0 over the run, stepped every step), for the same
+number of steps; both are scored on the same validation
 split every ``--eval-every`` steps. The Lightning run goes through this project's DataModule,
-LightningModule (with its CPU defaults: small-map convolutions) and Trainer (fp32); the plain
-loop is textbook PyTorch: the network as built, ``torch.optim`` and ``F.cross_entropy``. Dropout
-masks differ between the two (each draws its own). Chance is 1/7.
+LightningModule and Trainer (fp32); the plain loop is textbook PyTorch: ``torch.optim`` and
+``F.cross_entropy`` over the same network (with the small-map convolutions the LightningModule
+uses on the CPU). Both draw the same dropout mask at each step. Chance is 1/7.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ from torch.utils.data import DataLoader
 from fer_lightning.data import FERDataModule
 from fer_lightning.faces.transforms import to_model_input
 from fer_lightning.models import create_model
+from fer_lightning.models.small_maps import use_small_map_convs
 from fer_lightning.training.module import FERClassifier
+
+DROPOUT_SEED = 1000  # + the step: both runs draw the same dropout mask at every step
 
 
 def make_datamodule(root: Path, args: argparse.Namespace) -> FERDataModule:
@@ -81,14 +85,18 @@ def plain_loop(args: argparse.Namespace, datamodule: FERDataModule, initial: dic
     """{step: validation accuracy} of the textbook loop."""
     net = create_model(args.arch)
     net.load_state_dict(initial)
+    use_small_map_convs(net)  # the network as the LightningModule builds it on the CPU
     net.train()
     optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4, fused=True)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.steps)
     curve = {}
     for step, (faces, labels) in enumerate(batches(datamodule, args.steps, seed=1), start=1):
+        torch.manual_seed(DROPOUT_SEED + step)  # the same dropout masks as the Lightning run
         loss = F.cross_entropy(net(to_model_input(faces, args.size)), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        schedule.step()
         if step % args.eval_every == 0 or step == args.steps:
             curve[step] = accuracy(net, datamodule, args.size)
             net.train()
@@ -112,10 +120,13 @@ class FixedBatches(pl.LightningDataModule):
 
 
 class Scorer(pl.Callback):
-    """Validation accuracy of the module's network every ``every`` steps."""
+    """The plain loop's dropout seeds; validation accuracy every ``--eval-every`` steps."""
 
     def __init__(self, datamodule: FERDataModule, args: argparse.Namespace) -> None:
         self.datamodule, self.args, self.curve = datamodule, args, {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        torch.manual_seed(DROPOUT_SEED + trainer.global_step + 1)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -136,7 +147,13 @@ def lightning_run(args: argparse.Namespace, datamodule: FERDataModule, initial: 
             "weight_decay": 1e-4,
             "fused": True,
         },
-        scheduler=None,
+        scheduler={
+            "scheduler": {
+                "_target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
+                "T_max": args.steps,
+            },
+            "interval": "step",
+        },
         tta=False,
     )
     module.net.load_state_dict(initial)
@@ -163,7 +180,7 @@ def main() -> None:
     parser.add_argument("--arch", default="resmasking_dropout1")
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--train-per-class", type=int, default=120)

@@ -15,6 +15,7 @@ from torch import nn
 
 from fer_lightning.models import num_classes_of
 from fer_lightning.runtime import lightning_precision, resolve_device
+from fer_lightning.training.console import silence_lightning_tips
 from fer_lightning.training.module import FERClassifier
 from fer_lightning.training.scoring import Predictions
 
@@ -45,6 +46,7 @@ def evaluate_network(
     datamodule.input_size = input_size
     device = resolve_device("cpu" if accelerator == "cpu" else "auto")
     precision = lightning_precision(precision, device)
+    silence_lightning_tips()  # fer-eval's console says what it scores, not Lightning's adverts
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=1,

@@ -302,6 +302,7 @@ def test_eval_single_checkpoint_and_ensemble(trained_run, tmp_path):
         cwd=tmp_path,
     )
     assert single.returncode == 0, single.stderr[-2000:]
+    assert "Tip:" not in single.stdout + single.stderr  # Lightning's advert lines are filtered
     ensemble = run_cli(
         "fer_lightning.eval",
         [f"ckpt_path=[{best},{published}]", *common, f"hydra.run.dir={tmp_path / 'ensemble'}"],

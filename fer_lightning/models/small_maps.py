@@ -4,8 +4,9 @@ At 32-64 px input, the Residual Masking Network's last two stages run 3x3 convol
 512-1024 channels on 1x1 to 4x4 feature maps. oneDNN's kernels are slow there (4-22 GFLOP/s
 forward and backward on an AVX2 CPU, against 60-90 for the same convolutions on 7x7 maps), and
 on a 1x1 map eight of a 3x3 window's nine taps only ever see padding. Written as an ``unfold``
-followed by one matrix product over the whole batch, the same convolution runs 2.5-6x faster;
-on a 1x1 map it is a product with the centre tap alone (benchmarks/README.md has the figures).
+followed by one matrix product over the whole batch, the same convolution runs 1.2x (4x4 maps)
+to 2.6x (2x2) faster; on a 1x1 map it is a product with the centre tap alone, 7x faster
+(``benchmarks/bench_convs.py``; the figures are in benchmarks/README.md).
 
 The numbers are the convolution's own: the same products, summed in another order (fp32
 differences of about 1e-6 relative). Larger maps, other devices, ``torch.compile`` and ONNX

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # Output positions per image up to which the matrix product beats oneDNN (4x4: measured
-# 1.2x faster for 512 channels, 8x8: 2x slower; benchmarks/README.md).
+# 1.2x faster for 512 channels, 8x8: 1.5-2x slower; benchmarks/README.md).
 MAX_OUTPUT_POSITIONS = 16
 
 

@@ -142,15 +142,13 @@ class FERClassifier(pl.LightningModule):
                 "tta": tta,
             }
         )
-        self.net = (
-            network
-            if network is not None
-            else create_model(
+        if network is None:
+            network = create_model(
                 arch, num_classes=num_classes, pretrained_backbone=pretrained_backbone
             )
-        )
-        if small_map_convs and network is None:
-            use_small_map_convs(self.net)
+            if small_map_convs:
+                use_small_map_convs(network)
+        self.net = network
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         if compile:

@@ -1,12 +1,14 @@
-"""One convolution's forward + backward on small feature maps: oneDNN against the alternatives.
+"""One 3x3 convolution's forward + backward: oneDNN against the project's CPU paths.
 
-    python benchmarks/bench_convs.py [--repeats 4] [--json PATH]
+    python benchmarks/bench_convs.py [--repeats 4] [--only 224|64] [--json PATH]
 
-For the Residual Masking Network's 3x3 convolutions at 32-64 px input (1x1 to 8x8 maps, 256-1024
-channels, batch 32), the median time of forward + backward through: PyTorch's convolution
-(oneDNN), the same with oneDNN off, ``F.unfold`` + one matrix product over the batch, the centre
-tap alone (1x1 maps), and :class:`~fer_lightning.models.small_maps.SmallMapConv2d` (what the
-project uses). The reference of each row is oneDNN in the same process.
+For the Residual Masking Network's 3x3 convolutions at 224 px (batch 8: 7x7 to 56x56 maps) and
+at 64 px (batch 32: 1x1 to 16x16 maps), the median time of forward + backward through: PyTorch's
+convolution (oneDNN), ``F.unfold`` + one matrix product over the batch (maps up to 4x4), the
+centre tap alone (1x1 maps), Winograd F(2x2, 3x3) and F(4x4, 3x3)
+(:func:`~fer_lightning.models.winograd.winograd_conv3x3`, maps of 4x4 and more), and
+:class:`~fer_lightning.models.cpu_convs.CPUConv2d`, which picks one of these (what the project
+trains with). The reference of each row is oneDNN in the same process.
 """
 
 from __future__ import annotations
@@ -20,16 +22,28 @@ import torch.nn.functional as F
 from run_info import Run, add_options
 from torch import nn
 
-from fer_lightning.models.small_maps import use_small_map_convs
+from fer_lightning.models.cpu_convs import use_cpu_convs
+from fer_lightning.models.winograd import winograd_conv3x3
 
-# (batch, in channels, map side, out channels)
-SHAPES = [
-    (32, 1024, 1, 1024),
-    (32, 512, 2, 1024),
-    (32, 512, 2, 512),
-    (32, 512, 4, 512),
-    (32, 256, 8, 256),
-]
+# input size -> [(batch, in channels, map side, out channels)]: the network's 3x3 convolutions
+# with the most FLOPs at that size (python -c on the model table) and the tiny maps of 64 px.
+SHAPES = {
+    "224": [
+        (8, 64, 56, 64),
+        (8, 128, 56, 128),
+        (8, 256, 28, 256),
+        (8, 512, 14, 512),
+        (8, 1024, 14, 512),
+        (8, 1024, 7, 1024),
+    ],
+    "64": [
+        (32, 1024, 1, 1024),
+        (32, 512, 2, 1024),
+        (32, 512, 4, 512),
+        (32, 256, 8, 256),
+        (32, 128, 16, 128),
+    ],
+}
 
 
 def median_ms(step: Callable[[], None], repeats: int) -> float:
@@ -53,10 +67,6 @@ def measure(n: int, c: int, side: int, o: int, repeats: int) -> dict:
     def onednn():
         F.conv2d(x, w, padding=1).backward(grad)
 
-    def without_onednn():
-        with torch.backends.mkldnn.flags(enabled=False):
-            F.conv2d(x, w, padding=1).backward(grad)
-
     def unfold_matmul():
         columns = F.unfold(x, 3, padding=1)
         (w.flatten(1) @ columns).view(n, o, side, side).backward(grad)
@@ -64,18 +74,26 @@ def measure(n: int, c: int, side: int, o: int, repeats: int) -> dict:
     def centre_tap():
         (x.flatten(1) @ w[:, :, 1, 1].t()).view(n, o, 1, 1).backward(grad)
 
-    use_small_map_convs(conv)
+    def winograd(tile: int) -> Callable[[], None]:
+        return lambda: winograd_conv3x3(x, w, tile).backward(grad)
 
-    def small_map_conv():
+    use_cpu_convs(conv)
+
+    def project():
         conv(x).backward(grad)
 
-    ways = {"oneDNN": onednn, "oneDNN off": without_onednn, "unfold + matmul": unfold_matmul}
+    ways: dict[str, Callable[[], None]] = {"oneDNN": onednn}
+    if side <= 4:
+        ways["unfold + matmul"] = unfold_matmul
     if side == 1:
         ways["centre tap"] = centre_tap
-    ways["SmallMapConv2d"] = small_map_conv
+    if side >= 4:
+        ways["Winograd F(2x2)"] = winograd(2)
+        ways["Winograd F(4x4)"] = winograd(4)
+    ways["CPUConv2d"] = project
     row = {
         "shape": f"{n}x{c}x{side}x{side} -> {o}",
-        "gflop_all_taps": round(3 * 2 * n * c * o * 9 * side * side / 1e9, 2),
+        "gflop_direct": round(3 * 2 * n * c * o * 9 * side * side / 1e9, 2),
     }
     for name, step in ways.items():
         row[name] = round(median_ms(step, repeats), 1)
@@ -85,16 +103,18 @@ def measure(n: int, c: int, side: int, o: int, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--only", choices=sorted(SHAPES), help="only this input size's shapes")
     add_options(parser, bf16=False)
     args = parser.parse_args()
     run = Run("bench_convs", "ms per forward + backward")
     rows = []
-    for shape in SHAPES:
+    shapes = SHAPES[args.only] if args.only else [s for group in SHAPES.values() for s in group]
+    for shape in shapes:
         row = measure(*shape, args.repeats)
         rows.append(row)
         run.set_reference(f"{row['shape']}: oneDNN", row["oneDNN"])
         for name, value in row.items():
-            if name not in ("shape", "gflop_all_taps", "oneDNN"):
+            if name not in ("shape", "gflop_direct", "oneDNN"):
                 run.add(f"{row['shape']}: {name}", value)
                 # Times: smaller is better, so the ratio is the reference's time over this one.
                 run.settings[-1]["ratio"] = row["oneDNN"] / value

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fer_lightning.cli.config import CONFIG_DIR
 from fer_lightning.models import create_model
+from fer_lightning.training.console import silence_lightning_tips
 from fer_lightning.training.module import FERClassifier
 
 RECTIFIED_STEP = 100.0
@@ -115,6 +116,7 @@ def lightning_loop(
     optimizer = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "optimizer" / "radam.yaml"))
     module = FERClassifier(arch=arch, scheduler=None, optimizer=optimizer, **module_settings)
     timer = StepTimer(warmup)
+    silence_lightning_tips()
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
@@ -132,12 +134,12 @@ def lightning_loop(
     return timer.steps * data.x.shape[1] / (timer.end - timer.start), timer.loss
 
 
-# name -> (precision, FERClassifier settings); the project's defaults are small_map_convs=True
-# and conf/optimizer/radam.yaml (the fused RAdam).
+# name -> (precision, FERClassifier settings); the project's defaults are cpu_convs=True
+# (Winograd and tiny-map convolutions) and conf/optimizer/radam.yaml (the fused RAdam).
 CONFIGURATIONS = {
     "Lightning 32-true, project defaults": ("32-true", {}),
     "Lightning 32-true, defaults + channels_last": ("32-true", {"channels_last": True}),
-    "Lightning 32-true, defaults without small-map convs": ("32-true", {"small_map_convs": False}),
+    "Lightning 32-true, defaults without CPU convs": ("32-true", {"cpu_convs": False}),
     "Lightning bf16-mixed, defaults": ("bf16-mixed", {}),
     "Lightning bf16-mixed, defaults + channels_last": ("bf16-mixed", {"channels_last": True}),
 }

@@ -9,7 +9,7 @@ both) and learning rate (cosine decay to 0 over the run, stepped every step), fo
 number of steps; both are scored on the same validation
 split every ``--eval-every`` steps. The Lightning run goes through this project's DataModule,
 LightningModule and Trainer (fp32); the plain loop is textbook PyTorch: ``torch.optim`` and
-``F.cross_entropy`` over the same network (with the small-map convolutions the LightningModule
+``F.cross_entropy`` over the same network (with the CPU convolutions the LightningModule
 uses on the CPU). Both draw the same dropout mask at each step. Chance is 1/7.
 """
 
@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from fer_lightning.data import FERDataModule
 from fer_lightning.faces.transforms import to_model_input
 from fer_lightning.models import create_model
-from fer_lightning.models.small_maps import use_small_map_convs
+from fer_lightning.models.cpu_convs import use_cpu_convs
 from fer_lightning.training.module import FERClassifier
 
 DROPOUT_SEED = 1000  # + the step: both runs draw the same dropout mask at every step
@@ -85,7 +85,7 @@ def plain_loop(args: argparse.Namespace, datamodule: FERDataModule, initial: dic
     """{step: validation accuracy} of the textbook loop."""
     net = create_model(args.arch)
     net.load_state_dict(initial)
-    use_small_map_convs(net)  # the network as the LightningModule builds it on the CPU
+    use_cpu_convs(net)  # the network as the LightningModule builds it on the CPU
     net.train()
     optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4, fused=True)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.steps)

@@ -21,8 +21,8 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from fer_lightning.labels import EMOTIONS, NUM_CLASSES
 from fer_lightning.models import create_model
+from fer_lightning.models.cpu_convs import use_cpu_convs
 from fer_lightning.models.presets import check_input_size, default_input_size
-from fer_lightning.models.small_maps import use_small_map_convs
 from fer_lightning.training.scoring import Predictions, metrics, tta_probabilities
 
 
@@ -81,9 +81,10 @@ class FERClassifier(pl.LightningModule):
             DataModule's ``class_weights()``) or one weight per class.
         label_smoothing: cross-entropy label smoothing.
         channels_last: store activations NHWC (faster convolutions on many CPUs and GPUs).
-        small_map_convs: on the CPU, run convolutions whose output is 4x4 or smaller as one
-            matrix product (:mod:`fer_lightning.models.small_maps`; same numbers, faster at
-            small input sizes). Not applied to a ``network`` passed in.
+        cpu_convs: on the CPU, run fp32 3x3 convolutions with 128+ channels by Winograd's
+            method and those on tiny maps as one matrix product
+            (:mod:`fer_lightning.models.cpu_convs`; the same numbers to fp32 rounding, faster
+            forward and backward). Not applied to a ``network`` passed in.
         compile: wrap the network in ``torch.compile``.
         tta: also report test accuracy over the 10 test-time augmentation views.
         network: an already built network to wrap instead of a fresh one (evaluating a loaded
@@ -106,7 +107,7 @@ class FERClassifier(pl.LightningModule):
         class_weights: str | Sequence[float] | None = None,
         label_smoothing: float = 0.0,
         channels_last: bool = False,
-        small_map_convs: bool = True,
+        cpu_convs: bool = True,
         compile: bool = False,
         tta: bool = True,
         network: nn.Module | None = None,
@@ -137,7 +138,7 @@ class FERClassifier(pl.LightningModule):
                 "class_weights": class_weights,
                 "label_smoothing": label_smoothing,
                 "channels_last": channels_last,
-                "small_map_convs": small_map_convs,
+                "cpu_convs": cpu_convs,
                 "compile": compile,
                 "tta": tta,
             }
@@ -146,8 +147,8 @@ class FERClassifier(pl.LightningModule):
             network = create_model(
                 arch, num_classes=num_classes, pretrained_backbone=pretrained_backbone
             )
-            if small_map_convs:
-                use_small_map_convs(network)
+            if cpu_convs:
+                use_cpu_convs(network)
         self.net = network
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)

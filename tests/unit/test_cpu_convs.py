@@ -1,0 +1,161 @@
+"""The project's CPU convolutions: nn.Conv2d's outputs and gradients, on the path each claims."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fer_lightning.models import cpu_convs, create_model
+from fer_lightning.models.cpu_convs import CPUConv2d, use_cpu_convs
+
+# Tiny maps, (in, out, kernel, stride, padding, bias, map side): the Residual Masking Network's
+# shapes at 32-64 px (3x3 on 1x1, 2x2 and 4x4 maps with too few channels for Winograd, the
+# masks' 2x2 stride-2 and 1x1 convolutions) and an odd one (5x5 window, padding 2, on a 1x1 map).
+CASES = [
+    (64, 48, 3, 1, 1, False, 1),
+    (64, 48, 3, 1, 1, True, 2),
+    (32, 40, 3, 1, 1, False, 4),
+    (32, 40, 3, 2, 1, False, 4),
+    (32, 40, 2, 2, 0, True, 4),
+    (32, 40, 1, 1, 0, False, 2),
+    (16, 24, 5, 1, 2, True, 1),
+]
+
+
+def pair(cin, cout, kernel, stride, padding, bias):
+    torch.manual_seed(0)
+    reference = nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, bias=bias)
+    fast = nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, bias=bias)
+    fast.load_state_dict(reference.state_dict())
+    assert use_cpu_convs(fast) == 1
+    return reference, fast
+
+
+def count_native_calls(monkeypatch) -> list[int]:
+    calls = [0]
+    native = nn.Conv2d._conv_forward
+
+    def spy(self, x, weight, bias):
+        calls[0] += 1
+        return native(self, x, weight, bias)
+
+    monkeypatch.setattr(nn.Conv2d, "_conv_forward", spy)
+    return calls
+
+
+@pytest.mark.parametrize("cin,cout,kernel,stride,padding,bias,side", CASES)
+def test_same_outputs_and_gradients_without_the_native_convolution(
+    monkeypatch, cin, cout, kernel, stride, padding, bias, side
+):
+    reference, fast = pair(cin, cout, kernel, stride, padding, bias)
+    x = torch.randn(5, cin, side, side)
+    x_ref, x_fast = x.clone().requires_grad_(), x.clone().requires_grad_()
+    expected = reference(x_ref)
+    calls = count_native_calls(monkeypatch)
+    got = fast(x_fast)
+    assert calls[0] == 0, "the small map went through nn.Conv2d's convolution"
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(expected)
+    expected.backward(grad)
+    got.backward(grad)
+    torch.testing.assert_close(x_fast.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.weight.grad, reference.weight.grad, rtol=1e-4, atol=1e-5)
+    if bias:
+        torch.testing.assert_close(fast.bias.grad, reference.bias.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_large_maps_and_grouped_convolutions_keep_pytorchs_convolution(monkeypatch):
+    calls = count_native_calls(monkeypatch)
+    _, fast = pair(8, 8, 3, 1, 1, False)
+    fast(torch.randn(2, 8, 8, 8))  # 64 output positions
+    grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+    use_cpu_convs(grouped)
+    grouped(torch.randn(2, 8, 2, 2))
+    assert calls[0] == 2
+
+
+def count_winograd_calls(monkeypatch) -> list[int]:
+    """The tile size of every Winograd convolution CPUConv2d runs."""
+    tiles = []
+    winograd = cpu_convs.winograd_conv3x3
+
+    def spy(x, weight, tile):
+        tiles.append(tile)
+        return winograd(x, weight, tile)
+
+    monkeypatch.setattr(cpu_convs, "winograd_conv3x3", spy)
+    return tiles
+
+
+# (in, out, map side) -> the tile CPUConv2d picks; None: PyTorch's convolution.
+WINOGRAD_CASES = [
+    ((128, 128, 8), 4),  # sides multiples of 4: F(4x4, 3x3)
+    ((128, 160, 28), 4),
+    ((160, 128, 14), 2),  # even sides: F(2x2, 3x3)
+    ((128, 128, 4), 2),
+    ((128, 128, 7), None),  # odd sides: oneDNN
+    ((64, 128, 8), None),  # too few channels for the transforms to pay
+]
+
+
+@pytest.mark.parametrize("shape,tile", WINOGRAD_CASES)
+def test_3x3_convolutions_take_winograd_where_it_pays_with_the_same_numbers(
+    monkeypatch, shape, tile
+):
+    cin, cout, side = shape
+    reference, fast = pair(cin, cout, 3, 1, 1, True)
+    x = torch.randn(3, cin, side, side)
+    x_ref, x_fast = x.clone().requires_grad_(), x.clone().requires_grad_()
+    expected = reference(x_ref)
+    tiles, native = count_winograd_calls(monkeypatch), count_native_calls(monkeypatch)
+    got = fast(x_fast)
+    assert tiles == ([] if tile is None else [tile])
+    assert native[0] == (1 if tile is None else 0)
+    grad = torch.randn_like(expected)
+    expected.backward(grad)
+    got.backward(grad)
+    for mine, theirs in [
+        (got, expected),
+        (x_fast.grad, x_ref.grad),
+        (fast.weight.grad, reference.weight.grad),
+        (fast.bias.grad, reference.bias.grad),
+    ]:
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4 * theirs.abs().max().item())
+
+
+def test_winograd_is_not_taken_under_bf16_autocast_or_in_float64(monkeypatch):
+    _, fast = pair(128, 128, 3, 1, 1, False)
+    tiles = count_winograd_calls(monkeypatch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fast(torch.randn(2, 128, 8, 8)).dtype == torch.bfloat16
+    fast.double()(torch.randn(2, 128, 8, 8, dtype=torch.float64))
+    assert tiles == []
+
+
+def test_the_network_keeps_its_keys_numbers_and_gradients_at_32px(monkeypatch):
+    torch.manual_seed(0)
+    reference = create_model("resmasking_dropout1")
+    fast = create_model("resmasking_dropout1")
+    fast.load_state_dict(reference.state_dict())
+    converted = use_cpu_convs(fast)
+    assert converted == sum(type(m) is CPUConv2d for m in fast.modules()) > 50
+    assert list(fast.state_dict()) == list(reference.state_dict())
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fast.eval()(x), reference.eval()(x), rtol=1e-4, atol=1e-4)
+    # A training step (batch-norm statistics of the batch, dropout off) back to the first layer.
+    tiles = count_winograd_calls(monkeypatch)
+    for net in (reference, fast):
+        net.train()
+        net.fc[0].p = 0.0
+        net(x).logsumexp(dim=1).sum().backward()
+    assert 2 in tiles and 4 in tiles  # 4x4 and 8x8 maps with 128+ channels at 32 px
+    # Per tensor, within 1% of its gradient's norm (measured: 0.3% at most, where batch norm over
+    # 1x1 maps of 4 images amplifies rounding); biases in front of a batch norm have gradients
+    # of rounding size (1e-7) and are held to the network's largest gradient instead.
+    largest = max(p.grad.abs().max().item() for p in reference.parameters())
+    for (name, mine), theirs in zip(fast.named_parameters(), reference.parameters(), strict=True):
+        difference = (mine.grad - theirs.grad).norm().item()
+        assert difference <= 1e-2 * theirs.grad.norm().item() + 1e-6 * largest, name

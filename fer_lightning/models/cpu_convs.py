@@ -86,8 +86,23 @@ class CPUConv2d(nn.Conv2d):
         else:
             out = self._tiny_map_forward(x, weight)
             if out is None:
-                return super()._conv_forward(x, weight, bias)
+                return super()._conv_forward(self._layout_for_onednn(x, weight), weight, bias)
         return out if bias is None else out + bias.view(1, -1, 1, 1)
+
+    @staticmethod
+    def _layout_for_onednn(x: Tensor, weight: Tensor) -> Tensor:
+        """``x`` in NCHW if it is channels-last (Winograd's output, through batch norm), the weight
+        is not, and the input is the smaller: else PyTorch copies the weight to channels-last in
+        the forward and again in the backward (7x7 maps, 1024 channels: four 38 MB copies per
+        layer and step; a 224 px step measured 13% faster with this)."""
+        if (
+            weight.is_contiguous()
+            and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and x.numel() < weight.numel()
+        ):
+            return x.contiguous()
+        return x
 
     def _tiny_map_forward(self, x: Tensor, weight: Tensor) -> Tensor | None:
         """The convolution as one matrix product, or None if the output is not tiny."""

@@ -159,3 +159,22 @@ def test_the_network_keeps_its_keys_numbers_and_gradients_at_32px(monkeypatch):
     for (name, mine), theirs in zip(fast.named_parameters(), reference.parameters(), strict=True):
         difference = (mine.grad - theirs.grad).norm().item()
         assert difference <= 1e-2 * theirs.grad.norm().item() + 1e-6 * largest, name
+
+
+def test_onednn_gets_the_smaller_of_input_and_weight_to_convert(monkeypatch):
+    """A channels-last input with a plain weight: the input is made NCHW where it is the
+    smaller (else PyTorch copies the weight on every call), left as it is where it is not."""
+    layouts = []
+    native = nn.Conv2d._conv_forward
+
+    def spy(self, x, weight, bias):
+        layouts.append(x.is_contiguous())
+        return native(self, x, weight, bias)
+
+    reference, fast = pair(256, 256, 3, 1, 1, False)  # 589,824 weights
+    monkeypatch.setattr(nn.Conv2d, "_conv_forward", spy)
+    for side in (7, 49):  # 7x7 maps (Winograd skips odd sides): 25,088 and 1.2M inputs
+        x = torch.randn(2, 256, side, side).contiguous(memory_format=torch.channels_last)
+        got = fast(x)
+        torch.testing.assert_close(got, native(reference, x, reference.weight, None))
+    assert layouts == [True, False]

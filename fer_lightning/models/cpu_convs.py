@@ -8,13 +8,13 @@ and backward (``benchmarks/bench_convs.py``; figures in benchmarks/README.md):
 * **Winograd** (:mod:`fer_lightning.models.winograd`): 3x3, stride 1, padding 1, fp32 (no
   autocast), at least 128 input and output channels, maps of 4x4 or more whose sides are even:
   F(4x4, 3x3) where both sides are multiples of 4 and at least 8, else F(2x2, 3x3). 4x-2.25x
-  fewer multiplications; 1.4x-2x faster on those layers. Not taken on 7x7 maps (odd sides), where
+  fewer multiplications; 1.2x-1.9x faster on those layers. Not taken on 7x7 maps (odd sides), where
   the padded tiles and the transformed 1024-channel filters cost more than they save, nor below
   128 channels, where the transforms do.
 * **Tiny maps**: other outputs of at most :data:`MAX_OUTPUT_POSITIONS` positions (the 2x2 and
   1x1 maps of 32-64 px inputs, where oneDNN runs at 4-22 GFLOP/s): ``unfold`` and one matrix
   product over the batch; a 1x1 map under a centred window is a product with the centre tap
-  alone (eight of nine taps see only padding). 2.5x-7x faster there.
+  alone (eight of nine taps see only padding). 2x-10x faster there.
 
 Everything else, other devices, ``torch.compile`` and ONNX export keep PyTorch's convolution.
 The numbers are the convolution's, summed in another order (fp32 differences of about 1e-5
@@ -33,10 +33,10 @@ from torch import Tensor, nn
 from fer_lightning.models.winograd import winograd_conv3x3
 
 # Output positions per image up to which unfold + one matrix product beats oneDNN (2x2: measured
-# 2.5-3.6x faster for 512-1024 channels; 4x4 maps go to Winograd, which beats both there).
+# 2.0-3.6x faster for 512-1024 channels; 4x4 maps go to Winograd, which beats both there).
 MAX_OUTPUT_POSITIONS = 16
 # Fewer channels than this and Winograd's transforms cost what its products save (64 channels on
-# 56x56 maps measured 0.8-1.0x oneDNN; 128 channels 1.2x-1.6x).
+# 56x56 maps measured 0.8-1.1x oneDNN in four runs; 128 channels 1.1x-1.9x).
 WINOGRAD_MIN_CHANNELS = 128
 
 

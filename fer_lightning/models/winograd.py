@@ -13,7 +13,7 @@ positions::
 
 On CPUs without a faster convolution (oneDNN runs 3x3 convolutions at the fp32 matrix-product
 peak, so fewer products is the only way to go faster), this makes the Residual Masking
-Network's 3x3 convolutions on 4x4 to 56x56 maps with 128+ channels 1.4x-2x faster forward +
+Network's 3x3 convolutions on 4x4 to 56x56 maps with 128+ channels 1.2x-1.9x faster forward +
 backward (``benchmarks/bench_convs.py``). The numbers are the convolution's up to fp32
 rounding: relative differences of about 1e-5 for m = 4 and 3e-6 for m = 2.
 

@@ -63,8 +63,13 @@ _TRANSFORMS = {
 def _kron_transforms(tile: int) -> tuple[Tensor, Tensor, Tensor]:
     """The 2-D transforms as matrices on flattened tiles: (a^2, a^2), (a^2, 9), (m^2, a^2)."""
     bt, g, at = (torch.tensor(t, dtype=torch.float64) for t in _TRANSFORMS[tile])
-    # Computed in float64 so that 1/6 and 1/24 are rounded once, in the final float32.
-    return tuple(torch.kron(t, t).float() for t in (bt, g, at))
+    # Kept in float64 so that 1/6 and 1/24 are rounded once, to the input's dtype.
+    return tuple(torch.kron(t, t) for t in (bt, g, at))
+
+
+def _transforms_like(x: Tensor, tile: int) -> tuple[Tensor, ...]:
+    """The transforms on ``x``'s device and in its dtype."""
+    return tuple(t.to(x.device, x.dtype) for t in _kron_transforms(tile))
 
 
 def _tiles(x: Tensor, tile: int) -> tuple[Tensor, int, int]:
@@ -81,7 +86,7 @@ def _tiles(x: Tensor, tile: int) -> tuple[Tensor, int, int]:
 class _Winograd3x3(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, tile: int) -> Tensor:
-        input_t, filter_t, output_t = _kron_transforms(tile)
+        input_t, filter_t, output_t = _transforms_like(x, tile)
         n, c, h, w = x.shape
         out_channels, side = weight.shape[0], tile + 2
         d, rows, cols = _tiles(x, tile)
@@ -103,7 +108,7 @@ class _Winograd3x3(torch.autograd.Function):
     def backward(ctx, grad_y: Tensor) -> tuple[Tensor, Tensor, None]:
         v, u = ctx.saved_tensors
         tile, (n, c, h, w) = ctx.tile, ctx.input_shape
-        input_t, filter_t, output_t = _kron_transforms(tile)
+        input_t, filter_t, output_t = _transforms_like(v, tile)
         side, out_channels = tile + 2, grad_y.shape[1]
         rows, cols = -(-h // tile), -(-w // tile)
         grad_nhwc = grad_y.permute(0, 2, 3, 1)
@@ -136,9 +141,10 @@ class _Winograd3x3(torch.autograd.Function):
 def winograd_conv3x3(x: Tensor, weight: Tensor, tile: int = 4) -> Tensor:
     """``F.conv2d(x, weight, padding=1)`` for a 3x3 ``weight`` (O, C, 3, 3), by F(tile x tile, 3x3).
 
-    x: (N, C, H, W) float32 -> (N, O, H, W), channels-last strides. Differentiable in ``x`` and
-    ``weight``. ``tile`` is 2 or 4; H and W need not be multiples of it (the last row and column
-    of blocks are computed over zero padding and cropped).
+    x: (N, C, H, W) -> (N, O, H, W), channels-last strides, on x's device and in its dtype (fp32
+    is what it is checked and used for; bf16 would lose the transforms' precision).
+    Differentiable in ``x`` and ``weight``. ``tile`` is 2 or 4; H and W need not be multiples of
+    it (the last row and column of blocks are computed over zero padding and cropped).
     """
     if tile not in TILE_SIZES:
         raise ValueError(f"tile must be one of {TILE_SIZES}, got {tile}.")

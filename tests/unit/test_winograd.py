@@ -56,3 +56,15 @@ def test_unsupported_tiles_and_kernels_are_refused_with_the_value():
         winograd_conv3x3(x, weight, 3)
     with pytest.raises(ValueError, match=r"\(3, 2, 5, 5\)"):
         winograd_conv3x3(x, torch.randn(3, 2, 5, 5))
+
+
+def test_float64_inputs_use_float64_transforms():
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 9, 9, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(6, 8, 3, 3, dtype=torch.float64, requires_grad=True)
+    got = winograd_conv3x3(x, weight, 4)
+    assert got.dtype == torch.float64
+    close(got, F.conv2d(x, weight, padding=1), 1e-12)
+    assert torch.autograd.gradcheck(
+        lambda a, b: winograd_conv3x3(a, b, 4), (x[:1, :2], weight[:2, :2])
+    )

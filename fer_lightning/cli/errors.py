@@ -14,30 +14,28 @@ from fer_lightning.training.checkpoint_io import CheckpointWriteError
 from fer_lightning.training.module import NonFiniteLossError
 
 
-class UserError(Exception):
-    """A mistake in the command or the files it names: printed as one message, exit status 2."""
-
-
-class UsageError(ValueError):
-    """A bad value on the command line: reported in one line, exit status 2."""
+class UserError(ValueError):
+    """A mistake in the command, its values or the files it names: printed as one line, exit
+    status 2. (A ValueError, so that code checking values may raise it where a ValueError is
+    expected.)"""
 
 
 def config_number(
     cfg: Any, key: str, kind: type, optional: bool = False, minimum: float | None = None
 ) -> Any:
     """The number at ``key`` of a command's config as ``kind`` (int or float); a
-    :class:`UsageError` naming the key and the value when it is not one."""
+    :class:`UserError` naming the key and the value when it is not one."""
     from omegaconf import OmegaConf
 
     value = OmegaConf.select(cfg, key)
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise UsageError(f"{key}={value!r}: expected a number.")
+        raise UserError(f"{key}={value!r}: expected a number.")
     if kind is int and value != int(value):
-        raise UsageError(f"{key}={value!r}: expected a whole number.")
+        raise UserError(f"{key}={value!r}: expected a whole number.")
     if minimum is not None and value < minimum:
-        raise UsageError(f"{key}={value!r}: must be at least {minimum:g}.")
+        raise UserError(f"{key}={value!r}: must be at least {minimum:g}.")
     return kind(value)
 
 

@@ -31,7 +31,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from fer_lightning.cli.config import hydra_entry, raw_override
-from fer_lightning.cli.errors import UsageError, config_number
+from fer_lightning.cli.errors import UserError, config_number
 from fer_lightning.faces.crop import DEFAULT_MARGIN
 from fer_lightning.inference.outputs import (
     TIMELINE_SUFFIX,
@@ -142,13 +142,13 @@ def run_task(cfg: DictConfig) -> None:
     try:
         config = PredictConfig.from_hydra(cfg)
         if min(config.batch_size, config.image_batch, config.recycle_every) < 1:
-            raise UsageError("batch_size, image_batch and recycle_every must be at least 1.")
+            raise UserError("batch_size, image_batch and recycle_every must be at least 1.")
         if config.every_n_frames < 1:
-            raise UsageError(f"every_n_frames={config.every_n_frames}: must be at least 1.")
+            raise UserError(f"every_n_frames={config.every_n_frames}: must be at least 1.")
         check_output_dir(config)
         recognizer = build_recognizer(config)
         status = run(config, recognizer)
-    except UsageError as error:
+    except UserError as error:
         print(printable(f"error: {error}"), file=sys.stderr)
         status = EXIT_USAGE
     except KeyboardInterrupt:
@@ -169,7 +169,7 @@ def check_output_dir(config: PredictConfig) -> None:
             continue
         resolved = Path(folder).resolve()
         if resolved == root or root in resolved.parents:
-            raise UsageError(
+            raise UserError(
                 f"{key}={folder} is inside source={config.source}: what is written there would "
                 "replace the inputs or be read as inputs next time. Choose a folder outside it."
             )
@@ -184,14 +184,14 @@ def check_no_input_replaced(inputs: list[Input], output_dir: Path) -> None:
     for item in inputs:
         target = str((output_dir / item.output).resolve())
         if target in sources:
-            raise UsageError(
+            raise UserError(
                 f"output_dir={output_dir}: the annotated copy of {item.path} would replace the "
                 f"input {sources[target]}. Choose an output folder that holds no inputs."
             )
 
 
 def build_recognizer(config: PredictConfig):  # -> EmotionRecognizer
-    """The recogniser the configuration describes; :class:`UsageError` for user mistakes."""
+    """The recogniser the configuration describes; :class:`UserError` for user mistakes."""
     from fer_lightning.cli.errors import USER_ERRORS
     from fer_lightning.inference import EmotionRecognizer
 
@@ -216,10 +216,10 @@ def build_recognizer(config: PredictConfig):  # -> EmotionRecognizer
             align_faces=config.align_faces,
         )
     except (*USER_ERRORS, FileNotFoundError, ImportError) as error:
-        raise UsageError(str(error)) from None
+        raise UserError(str(error)) from None
     except (ValueError, RuntimeError) as error:
         # Unknown detector or device names, unreadable ONNX files, ...
-        raise UsageError(str(error)) from None
+        raise UserError(str(error)) from None
 
 
 class PredictionFiles:

@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fer_lightning.cli.config import fail, hydra_entry, raw_override
-from fer_lightning.cli.errors import UsageError, config_number
+from fer_lightning.cli.errors import UserError, config_number
 from fer_lightning.faces.crop import DEFAULT_MARGIN
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -57,17 +57,17 @@ class ServeConfig:
             return config_number(cfg, key, kind, optional, minimum)
 
         if OmegaConf.is_missing(cfg, "ckpt_path"):
-            raise UsageError(
+            raise UserError(
                 "ckpt_path is required: fer-serve ckpt_path=best.ckpt (a .ckpt, .pt, .onnx or "
                 "pretrained:<name>)."
             )
         model_path = cfg.detector.model_path
         log_level = str(cfg.log_level).lower()
         if log_level not in LOG_LEVELS:
-            raise UsageError(f"log_level={cfg.log_level!r}: choose one of {', '.join(LOG_LEVELS)}.")
+            raise UserError(f"log_level={cfg.log_level!r}: choose one of {', '.join(LOG_LEVELS)}.")
         port = number("port", int)
         if port > 65535:
-            raise UsageError(f"port={port}: must be at most 65535.")
+            raise UserError(f"port={port}: must be at most 65535.")
         return cls(
             ckpt_path=raw_override("ckpt_path", cfg.ckpt_path),
             host=str(cfg.host),
@@ -102,7 +102,7 @@ def run_task(cfg: DictConfig) -> None:
     try:
         config = ServeConfig.from_hydra(cfg)
         recognizer, detectors = build_recognizer(config)
-    except UsageError as error:
+    except UserError as error:
         fail(str(error))
     except KeyboardInterrupt:
         fail("interrupted", status=1)
@@ -111,7 +111,7 @@ def run_task(cfg: DictConfig) -> None:
 
 def build_recognizer(config: ServeConfig) -> tuple[Any, list[Any]]:
     """The recogniser and ``detector_workers`` detectors (the recogniser's own first);
-    :class:`UsageError` for the user's mistakes."""
+    :class:`UserError` for the user's mistakes."""
     from fer_lightning.cli.errors import USER_ERRORS
     from fer_lightning.inference import EmotionRecognizer
     from fer_lightning.inference.recognizer import detector_for_recognizer
@@ -139,7 +139,7 @@ def build_recognizer(config: ServeConfig) -> tuple[Any, list[Any]]:
         )
     except (*USER_ERRORS, FileNotFoundError, ImportError, ValueError, RuntimeError) as error:
         # Also unknown detector or device names and unreadable ONNX files.
-        raise UsageError(str(error)) from None
+        raise UserError(str(error)) from None
     return recognizer, detectors
 
 

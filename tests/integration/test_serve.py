@@ -19,7 +19,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from fer_lightning.cli.serve import ServeConfig, UsageError
+from fer_lightning.cli.serve import ServeConfig, UserError
 from fer_lightning.inference import EmotionRecognizer, FacePrediction, TorchClassifier
 from fer_lightning.inference.samples import ASTRONAUT_PATH, astronaut, mosaic
 from fer_lightning.models import create_model
@@ -243,7 +243,7 @@ def test_the_command_listens_on_localhost_unless_told_and_checks_its_numbers():
     assert (config.host, config.port, config.detector) == ("127.0.0.1", 8000, "auto")
     assert (config.max_body_mb, config.ckpt_path) == (20, "best.ckpt")
     for bad, message in [("max_batch=0", "at least 1"), ("port=http", "expected a number")]:
-        with pytest.raises(UsageError, match=message):
+        with pytest.raises(UserError, match=message):
             ServeConfig.from_hydra(compose_config("serve", ["ckpt_path=a.ckpt", bad]))
 
 

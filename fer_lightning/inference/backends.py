@@ -21,6 +21,7 @@ from fer_lightning.faces.transforms import to_model_input
 from fer_lightning.labels import EMOTIONS
 from fer_lightning.models import num_classes_of
 from fer_lightning.models.presets import check_input_size, default_input_size
+from fer_lightning.models.provenance import ModelProvenance
 from fer_lightning.runtime import autocast, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ class EmotionClassifier(ABC):
     labels: tuple[str, ...] = EMOTIONS
     input_size: int = default_input_size()
     batch_size: int = 32
+    #: What the model is (architecture, origin, training data); ``None`` when not recorded.
+    provenance: ModelProvenance | None = None
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         if crops.ndim != 3:
@@ -118,6 +121,7 @@ class TorchClassifier(EmotionClassifier):
             # oneDNN's convolutions prefer NHWC on CPU.
             self.model = self.model.to(memory_format=torch.channels_last)
         self.labels = model_labels(model, num_classes_of(self.model))
+        self.provenance = getattr(model, "provenance", None)
 
     @torch.inference_mode()
     def _probabilities(self, crops: np.ndarray) -> np.ndarray:
@@ -163,7 +167,24 @@ class OnnxClassifier(EmotionClassifier):
         self.input_size = self._input_size(model_input.shape, metadata)
         self.labels = self._labels(self.session.get_outputs()[0].shape, metadata)
         self.arch = metadata.get("arch", "unknown")
+        self.provenance = self._provenance(metadata)
         self.batch_size = int(batch_size)
+
+    def _provenance(self, metadata: dict[str, str]) -> ModelProvenance | None:
+        """The ``provenance`` metadata (JSON) that fer-export writes; ``None`` in files exported
+        before it was recorded. ``path`` names this file, the ``.onnx`` that was loaded."""
+        if "provenance" not in metadata:
+            return None
+        try:
+            recorded = ModelProvenance.from_json(metadata["provenance"])
+        except ValueError as error:
+            raise ValueError(
+                f"{self.path}: its 'provenance' metadata is not readable ({error}); export it "
+                "again with fer-export."
+            ) from None
+        return ModelProvenance(
+            recorded.arch, recorded.origin, recorded.training_data, str(self.path)
+        )
 
     def _input_size(self, shape: list, metadata: dict[str, str]) -> int:
         """The square input side, from the graph or its metadata; a multiple of 32."""

@@ -79,6 +79,10 @@ def _write_metadata(path: Path, model: nn.Module, input_size: int) -> None:
         "labels": json.dumps(labels),
         "preprocessing": "48x48 grayscale face -> bilinear resize -> 3 equal channels, [0, 1]",
     }
+    provenance = getattr(model, "provenance", None)
+    if provenance is not None:
+        # What the exported network is and learned from (ModelProvenance.to_json).
+        entries["provenance"] = provenance.to_json()
     del proto.metadata_props[:]
     for key, value in entries.items():
         proto.metadata_props.add(key=key, value=value)

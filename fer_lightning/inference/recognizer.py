@@ -21,6 +21,7 @@ from fer_lightning.inference.backends import (
 )
 from fer_lightning.inference.drawing import draw_faces
 from fer_lightning.inference.outputs import write_image
+from fer_lightning.models.provenance import ModelProvenance
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -141,6 +142,12 @@ class EmotionRecognizer:
     @property
     def labels(self) -> tuple[str, ...]:
         return self.classifier.labels
+
+    @property
+    def provenance(self) -> ModelProvenance | None:
+        """What the model is (architecture, origin, training data); ``None`` when its file
+        does not record it (an ONNX file exported before provenance was recorded)."""
+        return getattr(self.classifier, "provenance", None)
 
     def detect(self, image: object) -> list[Detection]:
         """Faces in ``image`` (path, BGR/grayscale array or PIL image), without emotions."""

@@ -23,6 +23,14 @@ import torch
 from torch import Tensor, nn
 
 from fer_lightning.models import create_model, list_models
+from fer_lightning.models.provenance import (
+    PUBLISHED,
+    PUBLISHED_TRAINING_DATA,
+    STATE_DICT,
+    TRAINED_HERE,
+    ModelProvenance,
+    training_data_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +193,8 @@ def load_model(
     ``pretrained:resmasking_dropout1``: it is downloaded on first use
     (:mod:`fer_lightning.models.hub`).
     """
-    if str(path).startswith("pretrained:"):
+    published = str(path).startswith("pretrained:")
+    if published:
         # Imported here: hub imports this module (CheckpointError).
         from fer_lightning.models.hub import checkpoint_entry, resolve_checkpoint
 
@@ -231,5 +240,26 @@ def load_model(
         and all(isinstance(name, str) for name in label_names)
     ):
         model.label_names = tuple(label_names)
-    log.info("Loaded %s checkpoint %s as %s.", meta["format"], path, arch)
+    model.provenance = checkpoint_provenance(meta, path, arch, published)
+    log.info("Loaded %s.", model.provenance.summary())
     return model.eval()
+
+
+def checkpoint_provenance(
+    meta: dict[str, object], path: str | Path, arch: str, published: bool = False
+) -> ModelProvenance:
+    """What the checkpoint read as ``meta`` (:func:`extract_state_dict`) is.
+
+    The authors' published file is a dict with ``"net"`` and no ``"arch"``; this project's
+    ``model.pt`` has the same layout plus ``"arch"`` (and ``"training_data"``), and its Lightning
+    checkpoints record ``training_data`` in their hyperparameters.
+    """
+    fmt = meta.get("format")
+    training_data = training_data_record(meta.get("training_data"))
+    if published or (fmt == "published RMN" and "arch" not in meta and training_data is None):
+        origin, training_data = PUBLISHED, dict(PUBLISHED_TRAINING_DATA)
+    elif fmt == "bare state dict":
+        origin = STATE_DICT
+    else:
+        origin = TRAINED_HERE
+    return ModelProvenance(arch=arch, origin=origin, training_data=training_data, path=str(path))

@@ -36,7 +36,7 @@ _EXPORTS = {
     "OnnxClassifier": "fer_lightning.inference.backends",
     "TorchClassifier": "fer_lightning.inference.backends",
     "EmotionRecognizer": "fer_lightning.inference.recognizer",
-    "FacePrediction": "fer_lightning.inference.recognizer",
+    "FacePrediction": "fer_lightning.inference.predictions",
     "save_face_crops": "fer_lightning.inference.recognizer",
     "RecycledDetector": "fer_lightning.faces.detector_worker",
     "ASTRONAUT_PATH": "fer_lightning.inference.samples",

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import torch
 
 from fer_lightning.faces.crop import DEFAULT_MARGIN, crop_faces
@@ -21,10 +20,13 @@ from fer_lightning.inference.backends import (
 )
 from fer_lightning.inference.drawing import draw_faces
 from fer_lightning.inference.outputs import write_image
+from fer_lightning.inference.predictions import FacePrediction
+from fer_lightning.inference.tables import face_rows, frame_table
+from fer_lightning.inference.video import video_table
+from fer_lightning.models.checkpoints import load_model
 from fer_lightning.models.provenance import ModelProvenance
 
-if TYPE_CHECKING:
-    import pandas as pd
+__all__ = ["EmotionRecognizer", "FacePrediction", "detector_for_recognizer", "save_face_crops"]
 
 
 def detector_for_recognizer(detector: FaceDetector | str, **options: object) -> FaceDetector:
@@ -41,32 +43,6 @@ def detector_for_recognizer(detector: FaceDetector | str, **options: object) -> 
     if created.name == "yunet":
         return RecycledDetector("yunet", min_score=created.min_score, max_side=created.max_side)
     return created
-
-
-@dataclass(frozen=True)
-class FacePrediction:
-    """One face: ``box`` (x0, y0, x1, y1) in the input's pixels, the detector's ``score``, the
-    most likely ``label`` and ``probs`` (label -> probability, summing to 1)."""
-
-    box: tuple[int, int, int, int]
-    score: float
-    label: str
-    probs: dict[str, float]
-    landmarks: np.ndarray | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def confidence(self) -> float:
-        """Probability of ``label``."""
-        return self.probs[self.label]
-
-    def to_dict(self) -> dict[str, object]:
-        """JSON-ready: box (list of 4 ints), score, label, probs."""
-        return {
-            "box": [int(v) for v in self.box],
-            "score": round(float(self.score), 4),
-            "label": self.label,
-            "probs": {k: round(float(v), 6) for k, v in self.probs.items()},
-        }
 
 
 class EmotionRecognizer:
@@ -120,8 +96,6 @@ class EmotionRecognizer:
                 raise FileNotFoundError(f"ONNX model {path} does not exist.")
             classifier: EmotionClassifier = OnnxClassifier(path, batch_size=batch_size)
         else:
-            from fer_lightning.models.checkpoints import load_model
-
             model = load_model(path, arch=arch)
             classifier = TorchClassifier(model, device, precision, input_size, batch_size)
         return cls(classifier, detector, **options)
@@ -219,8 +193,6 @@ class EmotionRecognizer:
         or ``names[i]``, or ``image<i>`` for arrays), the box, ``score``, ``label`` and one
         column per emotion (the columns of predictions.csv; :mod:`.tables`). ``images``: one
         image (path, array, PIL image) or a list of them."""
-        from fer_lightning.inference.tables import face_rows, frame_table
-
         if isinstance(images, str | Path | np.ndarray) or not isinstance(images, Iterable):
             images = [images]
         images = list(images)
@@ -242,8 +214,6 @@ class EmotionRecognizer:
         writes the annotated video; ``options``: ``every_n_frames``, ``max_frames``,
         ``frame_batch``, ``save_faces`` (:func:`fer_lightning.inference.video.predict_video`).
         Raises ``TruncatedVideoError`` for a file that ends before its announced length."""
-        from fer_lightning.inference.video import video_table
-
         return video_table(self, source, output_path, **options)
 
     def draw(self, image: object, faces: Sequence[FacePrediction]) -> np.ndarray:

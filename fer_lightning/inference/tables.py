@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import pandas as pd
 
-from fer_lightning.inference.recognizer import FacePrediction
+from fer_lightning.inference.predictions import FacePrediction
 
 BASE_COLUMNS = (
     "source",

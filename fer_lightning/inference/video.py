@@ -29,7 +29,8 @@ from fer_lightning.faces.detector_worker import RecycledDetector
 from fer_lightning.faces.detectors import FaceDetector
 from fer_lightning.inference.drawing import draw_faces
 from fer_lightning.inference.outputs import OutputWriteError, partial_path
-from fer_lightning.inference.recognizer import EmotionRecognizer, FacePrediction
+from fer_lightning.inference.predictions import FacePrediction, FaceRecognizer
+from fer_lightning.inference.tables import face_rows, frame_table
 
 # Backends known to leak per call; they run in a recycled child process over videos.
 LEAKY_DETECTORS = frozenset({"yunet"})
@@ -111,7 +112,7 @@ def frame_count(capture: cv2.VideoCapture) -> int | None:
     return count if count > 0 else None
 
 
-def video_detector(recognizer: EmotionRecognizer, recycle_every: int) -> FaceDetector:
+def video_detector(recognizer: FaceRecognizer, recycle_every: int) -> FaceDetector:
     """The detector to use over a video: the recogniser's, in a recycled worker if it leaks."""
     detector = recognizer.detector
     if detector.name in LEAKY_DETECTORS and not isinstance(detector, RecycledDetector):
@@ -122,7 +123,7 @@ def video_detector(recognizer: EmotionRecognizer, recycle_every: int) -> FaceDet
 
 
 def predict_video(
-    recognizer: EmotionRecognizer,
+    recognizer: FaceRecognizer,
     source: str | Path | int,
     output_path: str | Path | None = None,
     *,
@@ -146,59 +147,23 @@ def predict_video(
     if every_n_frames < 1:
         raise ValueError(f"every_n_frames must be at least 1, not {every_n_frames}.")
     capture = open_capture(source)
-    fps = capture.get(cv2.CAP_PROP_FPS)
     expected = None if isinstance(source, int) else frame_count(capture)
-    writer: _AnnotatedVideo | None = None
+    frames = _FrameReader(capture, isinstance(source, int), max_frames, every_n_frames)
     detector = video_detector(recognizer, recycle_every)
-    started = time.monotonic()
-    index = 0  # frames read so far
-    latest: list[FacePrediction] = []
+    writer: _AnnotatedVideo | None = None
+    latest: list[FacePrediction] = []  # what frames that are not analysed show
     complete = False
     try:
-        while max_frames is None or index < max_frames:
-            frames: list[tuple[int, np.ndarray, float | None]] = []
-            skipped: list[tuple[int, np.ndarray]] = []
-            ended = False
-            while len(frames) < frame_batch and (max_frames is None or index < max_frames):
-                ok, frame = capture.read()
-                if not ok:
-                    ended = True
-                    break
-                if isinstance(source, int):
-                    stamp: float | None = time.monotonic() - started
-                else:
-                    stamp = index / fps if fps and fps > 0 else None
-                if index % every_n_frames == 0:
-                    frames.append((index, frame, stamp))
-                else:
-                    skipped.append((index, frame))
-                index += 1
-            if writer is None and output_path is not None and (frames or skipped):
-                first = frames[0][1] if frames else skipped[0][1]
-                writer = _AnnotatedVideo(Path(output_path), first, fps, fourcc)
-            if frames:
-                images = [frame for _, frame, _ in frames]
-                detections = [detector.detect(image) for image in images]
-                names = [f"frame{i:06d}" for i, _, _ in frames]
-                faces = recognizer.recognize(images, detections, save_faces, names)
-                by_index = {i: f for (i, _, _), f in zip(frames, faces, strict=True)}
-            else:
-                by_index = {}
-            # Frames leave in reading order; the skipped ones show the latest analysed faces.
-            pending = sorted(
-                [(i, frame, stamp) for i, frame, stamp in frames]
-                + [(i, frame, None) for i, frame in skipped],
-                key=lambda item: item[0],
-            )
-            for i, frame, stamp in pending:
-                if i in by_index:
-                    latest = by_index[i]
+        while batch := frames.next_batch(frame_batch):
+            if writer is None and output_path is not None:
+                writer = _AnnotatedVideo(Path(output_path), batch[0].image, frames.fps, fourcc)
+            found = _recognize(recognizer, detector, batch, save_faces)
+            for frame in batch:  # in reading order
+                latest = found.get(frame.index, latest)
                 if writer is not None:
-                    writer.write(draw_faces(frame, latest))
-                if i in by_index:
-                    yield FrameResult(i, by_index[i], stamp)
-            if ended or (not frames and not skipped):
-                break
+                    writer.write(draw_faces(frame.image, latest))
+                if frame.index in found:
+                    yield FrameResult(frame.index, found[frame.index], frame.time_s)
         complete = True
     except GeneratorExit:
         complete = True  # the consumer stopped early: keep the frames written so far
@@ -209,13 +174,89 @@ def predict_video(
             writer.close(keep=complete)
         if detector is not recognizer.detector and isinstance(detector, RecycledDetector):
             detector.close()
-    reached_limit = max_frames is not None and index >= max_frames
-    if expected is not None and not reached_limit and index < expected - FRAME_COUNT_SLACK:
-        raise TruncatedVideoError(source, index, expected)
+    if expected is not None and frames.stopped_short_of(expected):
+        raise TruncatedVideoError(source, frames.read, expected)
+
+
+@dataclass(frozen=True)
+class _Frame:
+    index: int
+    image: np.ndarray
+    time_s: float | None
+    analysed: bool
+
+
+class _FrameReader:
+    """Reads a capture's frames in order, with their index, time and whether to analyse them
+    (every ``every_n_frames``-th), up to ``max_frames``."""
+
+    def __init__(
+        self,
+        capture: cv2.VideoCapture,
+        is_webcam: bool,
+        max_frames: int | None,
+        every_n_frames: int,
+    ) -> None:
+        self.capture = capture
+        self.is_webcam = is_webcam
+        self.max_frames = max_frames
+        self.every_n_frames = every_n_frames
+        self.fps = capture.get(cv2.CAP_PROP_FPS)
+        self.started = time.monotonic()
+        self.read = 0  # frames read so far
+        self.ended = False
+
+    @property
+    def reached_limit(self) -> bool:
+        return self.max_frames is not None and self.read >= self.max_frames
+
+    def stopped_short_of(self, expected: int) -> bool:
+        """Whether the stream ended before ``expected`` frames (its header's count), rather
+        than at ``max_frames``."""
+        return not self.reached_limit and self.read < expected - FRAME_COUNT_SLACK
+
+    def _time(self, index: int) -> float | None:
+        """Seconds from the start: the clock for webcams, the frame rate for files."""
+        if self.is_webcam:
+            return time.monotonic() - self.started
+        return index / self.fps if self.fps and self.fps > 0 else None
+
+    def next_batch(self, analysed_per_batch: int) -> list[_Frame]:
+        """The next frames, up to ``analysed_per_batch`` analysed ones (with the frames skipped
+        between them); empty at the end of the stream or at ``max_frames``."""
+        batch: list[_Frame] = []
+        analysed = 0
+        while analysed < analysed_per_batch and not (self.ended or self.reached_limit):
+            ok, image = self.capture.read()
+            if not ok:
+                self.ended = True
+                break
+            index, self.read = self.read, self.read + 1
+            is_analysed = index % self.every_n_frames == 0
+            analysed += is_analysed
+            batch.append(_Frame(index, image, self._time(index), is_analysed))
+        return batch
+
+
+def _recognize(
+    recognizer: FaceRecognizer,
+    detector: FaceDetector,
+    batch: list[_Frame],
+    save_faces: str | Path | None,
+) -> dict[int, list[FacePrediction]]:
+    """Frame index -> faces, for the analysed frames of ``batch`` (one network pass)."""
+    analysed = [frame for frame in batch if frame.analysed]
+    if not analysed:
+        return {}
+    images = [frame.image for frame in analysed]
+    detections = [detector.detect(image) for image in images]
+    names = [f"frame{frame.index:06d}" for frame in analysed]
+    faces = recognizer.recognize(images, detections, save_faces, names)
+    return {frame.index: f for frame, f in zip(analysed, faces, strict=True)}
 
 
 def video_table(
-    recognizer: EmotionRecognizer,
+    recognizer: FaceRecognizer,
     source: str | Path | int,
     output_path: str | Path | None = None,
     *,
@@ -225,8 +266,6 @@ def video_table(
     """Every analysed frame's faces as a predictions table (:mod:`fer_lightning.inference.
     tables`): one row per face, with ``frame`` and ``time_s``. ``options`` go to
     :func:`predict_video` (``every_n_frames``, ``max_frames``, ...)."""
-    from fer_lightning.inference.tables import face_rows, frame_table
-
     label = name or (f"webcam{source}" if isinstance(source, int) else str(source))
     output = "" if output_path is None else str(output_path)
     rows = []

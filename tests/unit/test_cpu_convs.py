@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -135,30 +137,36 @@ def test_winograd_is_not_taken_under_bf16_autocast_or_in_float64(monkeypatch):
 
 
 def test_the_network_keeps_its_keys_numbers_and_gradients_at_32px(monkeypatch):
+    """Outputs and every parameter's gradient as float64 gives them, at 32 px (Winograd on the
+    4x4 and 8x8 maps, the matrix product on 2x2 and 1x1).
+
+    Both fp32 paths are compared with float64, not with each other: PyTorch's own fp32
+    convolutions are the inaccurate side on some machines and inputs (1.6% on this input on an
+    AVX2 CPU, 6-8% on an AMX one; benchmarks/gradient_accuracy.py). Batch norm runs as its fixed
+    affine map (eval mode): with the statistics of 4 images on 1x1 maps it is ill-conditioned,
+    and every fp32 path, PyTorch's included, lands percents from float64 (same script)."""
     torch.manual_seed(0)
-    reference = create_model("resmasking_dropout1")
-    fast = create_model("resmasking_dropout1")
-    fast.load_state_dict(reference.state_dict())
+    reference = create_model("resmasking_dropout1").eval()
+    fast = copy.deepcopy(reference)
+    float64 = copy.deepcopy(reference).double()
     converted = use_cpu_convs(fast)
     assert converted == sum(type(m) is CPUConv2d for m in fast.modules()) > 50
     assert list(fast.state_dict()) == list(reference.state_dict())
-    x = torch.rand(4, 3, 32, 32)
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        torch.testing.assert_close(fast.eval()(x), reference.eval()(x), rtol=1e-4, atol=1e-4)
-    # A training step (batch-norm statistics of the batch, dropout off) back to the first layer.
+        exact = float64(x.double())
+        torch.testing.assert_close(fast(x).double(), exact, rtol=1e-4, atol=1e-4)
     tiles = count_winograd_calls(monkeypatch)
-    for net in (reference, fast):
-        net.train()
-        net.fc[0].p = 0.0
-        net(x).logsumexp(dim=1).sum().backward()
-    assert 2 in tiles and 4 in tiles  # 4x4 and 8x8 maps with 128+ channels at 32 px
-    # Per tensor, within 1% of its gradient's norm (measured: 0.3% at most, where batch norm over
-    # 1x1 maps of 4 images amplifies rounding); biases in front of a batch norm have gradients
-    # of rounding size (1e-7) and are held to the network's largest gradient instead.
-    largest = max(p.grad.abs().max().item() for p in reference.parameters())
-    for (name, mine), theirs in zip(fast.named_parameters(), reference.parameters(), strict=True):
-        difference = (mine.grad - theirs.grad).norm().item()
-        assert difference <= 1e-2 * theirs.grad.norm().item() + 1e-6 * largest, name
+    fast(x).logsumexp(dim=1).sum().backward()
+    float64(x.double()).logsumexp(dim=1).sum().backward()
+    assert 2 in tiles and 4 in tiles
+    # Measured on this input: 3.4e-6 at most (AVX2); PyTorch's fp32 convolutions: 1.6e-2.
+    largest = max(p.grad.abs().max().item() for p in float64.parameters())
+    for (name, mine), exact_param in zip(
+        fast.named_parameters(), float64.parameters(), strict=True
+    ):
+        error = (mine.grad.double() - exact_param.grad).norm().item()
+        assert error <= 1e-4 * exact_param.grad.norm().item() + 1e-7 * largest, name
 
 
 def test_onednn_gets_the_smaller_of_input_and_weight_to_convert(monkeypatch):

@@ -1,20 +1,18 @@
 """Faster CPU convolutions for training: Winograd 3x3 and one matrix product for tiny maps.
 
-oneDNN, PyTorch's CPU convolution, already runs the Residual Masking Network's 3x3 convolutions
-near the fp32 matrix-product peak of an AVX2 CPU on 7x7-56x56 maps, and slowly on the tiny maps
-of small inputs. :class:`CPUConv2d` takes two other paths where they measured faster, forward
-and backward (``benchmarks/bench_convs.py``; figures in benchmarks/README.md):
+:class:`CPUConv2d` takes two other paths than oneDNN (PyTorch's CPU convolution) for the shapes
+where ``benchmarks/bench_convs.py`` measured them faster, forward and backward (the figures, and
+why other shapes keep oneDNN, are in benchmarks/README.md):
 
 * **Winograd** (:mod:`fer_lightning.models.winograd`): 3x3, stride 1, padding 1, fp32 (no
   autocast), at least 128 input and output channels, maps of 4x4 or more whose sides are even:
-  F(4x4, 3x3) where both sides are multiples of 4 and at least 8, else F(2x2, 3x3). 4x-2.25x
-  fewer multiplications; 1.2x-1.9x faster on those layers. Not taken on 7x7 maps (odd sides), where
-  the padded tiles and the transformed 1024-channel filters cost more than they save, nor below
-  128 channels, where the transforms do.
+  F(4x4, 3x3) where both sides are multiples of 4 and at least 8, else F(2x2, 3x3) (4x or
+  2.25x fewer multiplications). Not taken on odd sides (7x7 maps: padded tiles) nor below 128
+  channels, where the transforms cost more than they save.
 * **Tiny maps**: other outputs of at most :data:`MAX_OUTPUT_POSITIONS` positions (the 2x2 and
-  1x1 maps of 32-64 px inputs, where oneDNN runs at 4-22 GFLOP/s): ``unfold`` and one matrix
-  product over the batch; a 1x1 map under a centred window is a product with the centre tap
-  alone (eight of nine taps see only padding). 2x-10x faster there.
+  1x1 maps of 32-64 px inputs): ``unfold`` and one matrix product over the batch; a 1x1 map
+  under a centred window is a product with the centre tap alone (eight of nine taps see only
+  padding).
 
 Everything else, other devices, ``torch.compile`` and ONNX export keep PyTorch's convolution.
 The numbers are the convolution's, summed in another order (fp32 differences of about 1e-5
@@ -32,8 +30,8 @@ from torch import Tensor, nn
 
 from fer_lightning.models.winograd import winograd_conv3x3
 
-# Output positions per image up to which unfold + one matrix product beats oneDNN (2x2: measured
-# 2.0-3.6x faster for 512-1024 channels; 4x4 maps go to Winograd, which beats both there).
+# Output positions per image up to which unfold + one matrix product beats oneDNN (1x1 and 2x2
+# maps; 4x4 maps go to Winograd, which beats both there: benchmarks/README.md).
 MAX_OUTPUT_POSITIONS = 16
 # Fewer channels than this and Winograd's transforms cost what its products save (64 channels on
 # 56x56 maps measured 0.8-1.1x oneDNN in four runs; 128 channels 1.1x-1.9x).
@@ -94,7 +92,7 @@ class CPUConv2d(nn.Conv2d):
         """``x`` in NCHW if it is channels-last (Winograd's output, through batch norm), the weight
         is not, and the input is the smaller: else PyTorch copies the weight to channels-last in
         the forward and again in the backward (7x7 maps, 1024 channels: four 38 MB copies per
-        layer and step; a 224 px step measured 13% faster with this)."""
+        layer and step)."""
         if (
             weight.is_contiguous()
             and not x.is_contiguous()

@@ -13,9 +13,10 @@ positions::
 
 On CPUs without a faster convolution (oneDNN runs 3x3 convolutions at the fp32 matrix-product
 peak, so fewer products is the only way to go faster), this makes the Residual Masking
-Network's 3x3 convolutions on 4x4 to 56x56 maps with 128+ channels 1.2x-1.9x faster forward +
-backward (``benchmarks/bench_convs.py``). The numbers are the convolution's up to fp32
-rounding: relative differences of about 1e-5 for m = 4 and 3e-6 for m = 2.
+Network's 3x3 convolutions on 4x4 to 56x56 maps with 128+ channels faster forward + backward
+(``benchmarks/bench_convs.py``; figures in benchmarks/README.md). The numbers are the
+convolution's up to fp32 rounding: relative differences of about 1e-5 for m = 4 and 3e-6 for
+m = 2.
 
 The output comes back channels-last (N, C, H, W strides of an NHWC tensor), the layout in which
 the transforms gather their tiles; batch norm, ReLU and the next convolution take it as it is.

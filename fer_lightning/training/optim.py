@@ -1,8 +1,8 @@
 """RAdam whose rectified steps run PyTorch's fused Adam kernel on the CPU.
 
 ``torch.optim.RAdam`` has no fused kernel: on the CPU its multi-tensor step makes a dozen passes
-over the 137 million weights of the Residual Masking Network (0.87 s per step on a 2-core AVX2
-machine), where the fused Adam kernel makes one (0.11 s). Once RAdam's variance is rectified
+over the 137 million weights of the Residual Masking Network, where the fused Adam kernel makes
+one (the step times are in benchmarks/README.md). Once RAdam's variance is rectified
 (from step 6 with the default betas) its update is Adam's with a per-step learning rate and eps:
 
     RAdam:  p -= lr * r_t * m_hat * sqrt(1 - b2^t) / (sqrt(v) + eps)

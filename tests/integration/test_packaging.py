@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import venv
 import zipfile
 from pathlib import Path
@@ -38,6 +39,28 @@ def script(name: str, bin_dir: Path | None = None) -> str:
     path = shutil.which(name, path=str(bin_dir) if bin_dir else None)
     assert path, f"console script {name} is not installed"
     return path
+
+
+def borrowing_venv(env_dir: Path) -> Path:
+    """A new venv whose ``sys.path`` ends with this interpreter's site-packages (its bin folder).
+
+    ``system_site_packages=True`` would borrow the *base* interpreter's packages, which inside a
+    venv do not hold the project's dependencies. The folders are listed in a ``.pth`` file as
+    plain paths: the ``.pth`` files inside them (this checkout's editable install) are not run,
+    so ``fer_lightning`` comes from what is installed into the new venv."""
+    venv.create(env_dir, with_pip=True)
+    bin_dir = env_dir / "bin"
+    new_site = run(
+        [
+            str(bin_dir / "python"),
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+        ],
+        cwd=env_dir,
+    ).stdout.strip()
+    borrowed = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
+    (Path(new_site) / "borrowed_dependencies.pth").write_text("\n".join(borrowed) + "\n")
+    return bin_dir
 
 
 @pytest.mark.parametrize(
@@ -108,10 +131,10 @@ def test_wheel_carries_conf_and_its_scripts_work_from_an_empty_folder(tmp_path):
     sources = {p.relative_to(PROJECT).as_posix() for p in (PROJECT / "fer_lightning").rglob("*.py")}
     assert sources <= names, sorted(sources - names)
 
-    # A fresh environment that borrows the dependencies but holds the wheel itself.
+    # A fresh environment that holds the wheel itself and borrows the dependencies from the
+    # environment running the tests (a venv, or the system Python).
     env_dir = tmp_path / "venv"
-    venv.create(env_dir, system_site_packages=True, with_pip=True)
-    bin_dir = env_dir / "bin"
+    bin_dir = borrowing_venv(env_dir)
     install = run(
         [str(bin_dir / "python"), "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)],
         cwd=tmp_path,

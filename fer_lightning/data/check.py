@@ -14,6 +14,7 @@ import numpy as np
 from fer_lightning.data.csv_reader import SPLITS, FaceTable, read_face_csv
 from fer_lightning.data.ferplus import (
     check_alignment,
+    describe_repeated,
     find_label_file,
     is_label_file,
     read_votes,
@@ -78,7 +79,19 @@ def _write_votes(label_file: Path, table: FaceTable | None, out: TextIO) -> None
         )
     else:
         check_alignment(votes, table)
-        out.write(f"  {label_file.name}: {len(votes)} rows, row by row the same as {table.path}\n")
+        out.write(
+            f"  {label_file.name}: {len(votes)} rows, row by row the same as {table.path} "
+            "(Usage on every row; Image names in row order)\n"
+        )
+    repeated = describe_repeated(votes)
+    if repeated:
+        out.write(f"  {repeated}\n")
+        if table is not None:
+            same = sum(
+                bool(np.array_equal(table.faces[row], table.faces[twin]))
+                for row, twin in votes.repeated
+            )
+            out.write(f"  of these rows, {same} hold the same image as the row they name\n")
     for line in vote_statistics(votes):
         out.write(f"  {line}\n")
 

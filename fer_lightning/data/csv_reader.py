@@ -9,9 +9,11 @@ row the fast path rejects is then diagnosed on its own, so every error names its
 
 from __future__ import annotations
 
+import gzip
 import logging
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -37,8 +39,22 @@ _MAX_LISTED_LINES = 20
 # for any real face CSV while a gzip bomb stops at the limit instead of exhausting memory.
 MAX_CSV_BYTES = 2 << 30
 _GZIP_CHUNK = 1 << 20
+# Bytes at the start of a file checked for binary data before the rest is read.
+_TEXT_CHECK_BYTES = 1 << 16
 # Longest piece of a file quoted in an error message.
 _EXCERPT_CHARS = 60
+
+
+@dataclass(frozen=True)
+class SizeLimit:
+    """The most text a kind of file may hold, and what such a file really holds (for the
+    message)."""
+
+    max_bytes: int
+    note: str
+
+
+FACE_CSV_LIMIT = SizeLimit(MAX_CSV_BYTES, "a face CSV is far smaller (FER2013: 290 MB)")
 
 
 def excerpt(text: str | bytes, limit: int = _EXCERPT_CHARS) -> str:
@@ -68,35 +84,70 @@ class FaceTable:
         return int(self.labels.shape[0])
 
 
-def read_bytes(path: Path, max_bytes: int = MAX_CSV_BYTES) -> bytes:
+def read_bytes(path: Path, limit: SizeLimit | int = FACE_CSV_LIMIT) -> bytes:
     """The file's bytes, gunzipped when it is gzip data (recognised by content, not name).
 
-    At most ``max_bytes`` of text, plain or expanded: gzip data is inflated in bounded chunks,
+    At most ``limit`` bytes of text, plain or expanded: gzip data is inflated in bounded chunks,
     so a small file that expands to gigabytes stops at the limit with a message, never with the
-    machine's memory."""
+    machine's memory (``limit``: a :class:`SizeLimit`, or a byte count for a face CSV). The
+    first 64 KB are checked for binary data before the rest is read, so a
+    sparse or binary file (``truncate -s 1G``) is refused at once, without reading it."""
     if not path.exists():
         raise DatasetNotFoundError(f"{path}: no such file or folder.")
     if path.is_dir():
         raise DatasetError(f"{path}: is a folder, expected a CSV file.")
     if not path.is_file():
         raise DatasetError(f"{path}: not a regular file (a pipe or device?); expected a CSV file.")
+    if isinstance(limit, int):
+        limit = SizeLimit(limit, FACE_CSV_LIMIT.note)
     with path.open("rb") as handle:
         magic = handle.read(2)
         handle.seek(0)
-        if magic != b"\x1f\x8b":
-            if path.stat().st_size > max_bytes:
-                raise DatasetError(_too_large(path, max_bytes, "is"))
-            return handle.read()
-        return _gunzip(path, handle, max_bytes)
+        if magic == b"\x1f\x8b":
+            return _gunzip(path, handle, limit)
+        if path.stat().st_size > limit.max_bytes:
+            raise DatasetError(_too_large(path, limit, "is"))
+        head = handle.read(_TEXT_CHECK_BYTES)
+        _check_text(path, head)
+        return head + handle.read()
 
 
-def _gunzip(path: Path, handle: BinaryIO, max_bytes: int) -> bytes:
+def read_head(path: Path, size: int = _TEXT_CHECK_BYTES) -> bytes:
+    """The first ``size`` bytes of the file's text (gunzipped when it is gzip data), without
+    reading the rest: enough to recognise a file by its header."""
+    with path.open("rb") as handle:
+        if handle.read(2) != b"\x1f\x8b":
+            handle.seek(0)
+            return handle.read(size)
+    try:
+        with gzip.open(path, "rb") as handle:
+            return handle.read(size)
+    except (OSError, EOFError, zlib.error):
+        return b""
+
+
+def _check_text(path: Path, head: bytes) -> None:
+    """Refuse binary data (a NUL byte) in the first bytes of a file's text."""
+    nul = head.find(b"\x00")
+    if nul >= 0:
+        raise DatasetError(
+            f"{path}: not a text file (binary data at byte {nul}: a sparse, damaged or "
+            "binary file?)."
+        )
+
+
+def _gunzip(path: Path, handle: BinaryIO, limit: SizeLimit) -> bytes:
     out = bytearray()
+    checked = False
 
     def inflate(inflater: zlib._Decompress, data: bytes) -> None:
+        nonlocal checked
         out.extend(inflater.decompress(data, _GZIP_CHUNK))
-        if len(out) > max_bytes:
-            raise DatasetError(_too_large(path, max_bytes, "expands to"))
+        if len(out) > limit.max_bytes:
+            raise DatasetError(_too_large(path, limit, "expands to"))
+        if not checked and len(out) >= _TEXT_CHECK_BYTES:
+            _check_text(path, bytes(out[:_TEXT_CHECK_BYTES]))
+            checked = True
 
     inflater, fresh = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16), True
     try:
@@ -118,14 +169,82 @@ def _gunzip(path: Path, handle: BinaryIO, max_bytes: int) -> bytes:
             raise zlib.error("the file ends inside the compressed data (truncated?)")
     except zlib.error as err:
         raise DatasetError(f"{path}: not a readable gzip file ({err}).") from None
+    if not checked:
+        _check_text(path, bytes(out[:_TEXT_CHECK_BYTES]))
     return bytes(out)
 
 
-def _too_large(path: Path, max_bytes: int, verb: str) -> str:
+def _too_large(path: Path, limit: SizeLimit, verb: str) -> str:
     return (
-        f"{path}: {verb} more than {max_bytes / 1e6:,.0f} MB of text; a face CSV is far "
-        "smaller (FER2013: 290 MB). Is it the right file?"
+        f"{path}: {verb} more than {limit.max_bytes / 1e6:,.0f} MB of text; {limit.note}. Is it "
+        "the right file?"
     )
+
+
+@dataclass
+class CsvColumns:
+    """A CSV split into fields without copying its text: ``raw`` bytes, lower-cased header
+    ``names``, per column the (start, end) byte offsets of every row's field (one pair of
+    surrounding quotes and spaces stripped), each row's ``lines`` number (header = line 1) and
+    ``bad``: row index -> reason for rows already found wrong (their fields are empty spans)."""
+
+    path: Path
+    raw: bytes
+    names: list[str]
+    spans: list[tuple[np.ndarray, np.ndarray]]
+    lines: np.ndarray
+    bad: dict[int, str]
+
+    def __len__(self) -> int:
+        return int(self.lines.size)
+
+    def span(self, column: str) -> tuple[np.ndarray, np.ndarray]:
+        return self.spans[self.names.index(column)]
+
+    def values(self, column: str) -> np.ndarray:
+        """(N,) bytes: the column's fields (empty for bad rows)."""
+        fs, fe = self.span(column)
+        return np.array(
+            [self.raw[s:e] for s, e in zip(fs.tolist(), fe.tolist(), strict=True)], dtype=bytes
+        )
+
+
+def read_columns(
+    path: str | Path,
+    what: str,
+    check_header: Callable[[Path, list[str]], None],
+    limit: SizeLimit = FACE_CSV_LIMIT,
+) -> CsvColumns:
+    """Split the CSV ``path`` (plain or gzip; BOM, CRLF and quotes accepted) into its columns.
+
+    Whole-file problems raise :class:`DatasetError`: missing, empty, binary, a header that is not
+    UTF-8, no data rows. ``what`` names the expected content for the empty-file message (e.g.
+    ``a header emotion,pixels[,Usage]``); ``check_header(path, names)`` raises for a header
+    without the columns the caller needs. Rows whose field count differs from the header's are
+    listed in ``bad``; the caller parses the fields."""
+    path = Path(path)
+    raw = read_bytes(path, limit)
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    if re.search(rb"\S", raw) is None:
+        raise DatasetError(f"{path}: the file is empty (expected {what}).")
+    header_end = raw.find(b"\n")
+    if header_end < 0:
+        header_end = len(raw)
+    names = _parse_header(path, raw[:header_end])
+    check_header(path, names)
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    starts, ends, line_numbers = _body_lines(buf, header_end)
+    if starts.size == 0:
+        raise DatasetError(f"{path}: has a header but no data rows.")
+    bad: dict[int, str] = {}
+    spans = _split_fields(buf, starts, ends, len(names), bad, names)
+    return CsvColumns(path, raw, names, spans, line_numbers, bad)
+
+
+def header_excerpt(names: list[str]) -> str:
+    """The first header names, quoted, for a message."""
+    return ", ".join(excerpt(n, 30) for n in names[:8]) + (", ..." if len(names) > 8 else "")
 
 
 def read_face_csv(path: str | Path, on_bad_row: str = "error") -> FaceTable:
@@ -138,46 +257,22 @@ def read_face_csv(path: str | Path, on_bad_row: str = "error") -> FaceTable:
     """
     if on_bad_row not in ON_BAD_ROW:
         raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, not {on_bad_row!r}.")
-    path = Path(path)
-    raw = read_bytes(path)
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    if re.search(rb"\S", raw) is None:
-        raise DatasetError(f"{path}: the file is empty (expected a header emotion,pixels[,Usage]).")
-    nul = raw.find(b"\x00", 0, 1 << 16)
-    if nul >= 0:
-        raise DatasetError(f"{path}: not a text file (binary data at byte {nul}).")
-
-    header_end = raw.find(b"\n")
-    if header_end < 0:
-        header_end = len(raw)
-    columns = _parse_header(path, raw[:header_end])
-    ncols = len(columns)
-    col_emotion, col_pixels = columns.index("emotion"), columns.index("pixels")
-    col_usage = columns.index("usage") if "usage" in columns else None
-
-    buf = np.frombuffer(raw, dtype=np.uint8)
-    starts, ends, line_numbers = _body_lines(buf, header_end)
-    if starts.size == 0:
-        raise DatasetError(f"{path}: has a header but no data rows.")
-
-    bad: dict[int, str] = {}  # row index -> reason; the smallest line wins in error mode
-    fields = _split_fields(buf, starts, ends, ncols, bad, columns)
-    good = np.ones(starts.size, dtype=bool)
+    table = read_columns(path, "a header emotion,pixels[,Usage]", _check_face_header)
+    path = table.path
+    raw, bad, rows = table.raw, table.bad, len(table)
+    good = np.ones(rows, dtype=bool)
     good[list(bad)] = False
 
-    labels = _parse_labels(raw, fields[col_emotion], good, bad)
-    usage = _parse_usage(raw, fields[col_usage], good, bad) if col_usage is not None else None
-    faces = np.empty((starts.size, FACE_SIZE, FACE_SIZE), dtype=np.uint8)
-    _parse_pixels(raw, fields[col_pixels], good, bad, faces)
+    labels = _parse_labels(raw, table.span("emotion"), good, bad)
+    usage = parse_usage(raw, table.span("usage"), good, bad) if "usage" in table.names else None
+    faces = np.empty((rows, FACE_SIZE, FACE_SIZE), dtype=np.uint8)
+    _parse_pixels(raw, table.span("pixels"), good, bad, faces)
 
     if bad:
-        problems = sorted((int(line_numbers[i]), reason) for i, reason in bad.items())
+        problems = sorted((int(table.lines[i]), reason) for i, reason in bad.items())
         if on_bad_row == "error":
-            line, reason = problems[0]
-            extra = f" ({len(problems) - 1} more bad rows)" if len(problems) > 1 else ""
-            raise DatasetError(f"{path}, line {line}: {reason}{extra}.")
-        keep = np.ones(starts.size, dtype=bool)
+            raise_first(path, problems)
+        keep = np.ones(rows, dtype=bool)
         keep[list(bad)] = False
         faces, labels = faces[keep], labels[keep]
         usage = usage[keep] if usage is not None else None
@@ -198,22 +293,28 @@ def read_face_csv(path: str | Path, on_bad_row: str = "error") -> FaceTable:
     return FaceTable(str(path), faces, labels.astype(np.int64), usage)
 
 
+def _check_face_header(path: Path, names: list[str]) -> None:
+    for required in ("emotion", "pixels"):
+        if required not in names:
+            raise DatasetError(
+                f"{path}, line 1: missing column {required!r} (the header has "
+                f"{header_excerpt(names)}; expected emotion,pixels[,Usage])."
+            )
+
+
+def raise_first(path: Path, problems: list[tuple[int, str]]) -> None:
+    """Raise :class:`DatasetError` for the first of the sorted (line, reason) ``problems``."""
+    line, reason = problems[0]
+    extra = f" ({len(problems) - 1} more bad rows)" if len(problems) > 1 else ""
+    raise DatasetError(f"{path}, line {line}: {reason}{extra}.")
+
+
 def _parse_header(path: Path, header: bytes) -> list[str]:
     try:
         text = header.decode("utf-8")
     except UnicodeDecodeError:
         raise DatasetError(f"{path}, line 1: not a text file (the header is not UTF-8).") from None
-    names = [name.strip().strip('"').strip().lower() for name in text.rstrip("\r").split(",")]
-    for required in ("emotion", "pixels"):
-        if required not in names:
-            shown = ", ".join(excerpt(n, 30) for n in names[:8]) + (
-                ", ..." if len(names) > 8 else ""
-            )
-            raise DatasetError(
-                f"{path}, line 1: missing column {required!r} (the header has {shown}; "
-                "expected emotion,pixels[,Usage])."
-            )
-    return names
+    return [name.strip().strip('"').strip().lower() for name in text.rstrip("\r").split(",")]
 
 
 def _body_lines(buf: np.ndarray, header_end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -308,7 +409,7 @@ def _parse_labels(
     return labels
 
 
-def _parse_usage(
+def parse_usage(
     raw: bytes, span: tuple[np.ndarray, np.ndarray], good: np.ndarray, bad: dict[int, str]
 ) -> np.ndarray:
     fs, fe = span

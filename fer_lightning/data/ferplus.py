@@ -29,6 +29,7 @@ always measured against the majority label (validation PublicTest, test PrivateT
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import re
@@ -45,10 +46,14 @@ from fer_lightning.data.cache import load_table
 from fer_lightning.data.csv_reader import (
     SPLITS,
     USAGE_NAMES,
-    USAGE_TO_SPLIT,
+    CsvColumns,
     FaceTable,
+    SizeLimit,
     excerpt,
-    read_bytes,
+    parse_usage,
+    raise_first,
+    read_columns,
+    read_head,
 )
 from fer_lightning.data.dataset import FaceDataset
 from fer_lightning.data.errors import DatasetError
@@ -57,6 +62,16 @@ from fer_lightning.labels import FERPLUS_EMOTIONS
 log = logging.getLogger(__name__)
 
 LABEL_FILE = "fer2013new.csv"
+HEADER = (
+    "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
+)
+# Largest label file read: Microsoft's is 1.6 MB; a larger one is refused before it is read.
+LABEL_FILE_LIMIT = SizeLimit(64 << 20, "a FER+ label file is far smaller (fer2013new.csv: 1.6 MB)")
+_IMAGE_NAME = re.compile(rb"fer([0-9]{7})\.png")
+_SHIFT_ADVICE = (
+    f"{LABEL_FILE} must have the same rows, in the same order, as the FER2013 file: use "
+    "Microsoft's file unchanged (https://github.com/microsoft/FERPlus)."
+)
 # The vote columns of fer2013new.csv, lower-cased, in the file's (and the classes') order.
 VOTE_COLUMNS: tuple[str, ...] = (*FERPLUS_EMOTIONS, "unknown", "nf")
 LABEL_MODES: tuple[str, ...] = ("majority", "probability", "crossentropy")
@@ -79,7 +94,8 @@ class VoteTable:
 
     ``usage``: (N,) int8 split codes (0 train, 1 val, 2 test); ``has_image``: (N,) bool, False
     where ``Image name`` is empty; ``votes``: (N, 10) int64 counts in :data:`VOTE_COLUMNS`
-    order; ``lines``: (N,) int64 line number of each row (header = line 1).
+    order; ``lines``: (N,) int64 line number of each row (header = line 1); ``numbers``: (N,)
+    int64 number of each row's image name (``fer0000123.png`` -> 123), -1 where it is empty.
     """
 
     path: str
@@ -87,6 +103,9 @@ class VoteTable:
     has_image: np.ndarray
     votes: np.ndarray
     lines: np.ndarray
+    numbers: np.ndarray
+    # (row, row of the same name in its own place): see check_names.
+    repeated: list[tuple[int, int]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.usage.shape[0])
@@ -149,81 +168,191 @@ def _header_names(line: str) -> list[str]:
 
 
 def is_label_file(path: str | Path) -> bool:
-    """Whether ``path`` is a file whose header is that of a FER+ label file."""
+    """Whether ``path`` is a file whose header is that of a FER+ label file (only the start
+    of the file is read)."""
     path = Path(path)
     if not path.is_file():
         return False
-    try:
-        raw = read_bytes(path)
-    except DatasetError:
-        return False
-    first = raw[: raw.find(b"\n")] if b"\n" in raw else raw
+    head = read_head(path)
+    first = head[: head.find(b"\n")] if b"\n" in head else head
     names = _header_names(first.decode("utf-8", "replace").lstrip("\ufeff"))
     return "image name" in names and all(column in names for column in VOTE_COLUMNS)
 
 
-def read_votes(path: str | Path) -> VoteTable:
-    """Parse and validate a FER+ label file (plain or gzip; BOM and CRLF accepted).
-
-    Every problem raises :class:`DatasetError` naming the file and line: a missing column, a
-    row with the wrong number of fields, an unknown ``Usage``, a vote that is not a
-    non-negative integer, no data rows."""
-    path = Path(path)
-    raw = read_bytes(path)
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise DatasetError(f"{path}: not a text file (not UTF-8 at byte {err.start}).") from None
-    lines = text.split("\n")
-    names = _header_names(lines[0])
-    required = ("usage", "image name", *VOTE_COLUMNS)
-    missing = [name for name in required if name not in names]
+def _check_vote_header(path: Path, names: list[str]) -> None:
+    missing = [name for name in ("usage", "image name", *VOTE_COLUMNS) if name not in names]
     if missing:
         raise DatasetError(
             f"{path}, line 1: not a FER+ label file: no column {', '.join(map(repr, missing))} "
-            "(expected Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,"
-            "contempt,unknown,NF, as in Microsoft's fer2013new.csv)."
+            f"(expected {HEADER}, as in Microsoft's fer2013new.csv)."
         )
-    col_usage, col_name = names.index("usage"), names.index("image name")
-    col_votes = [names.index(name) for name in VOTE_COLUMNS]
-    usage, has_image, votes, numbers = [], [], [], []
-    for number, line in enumerate(lines[1:], start=2):
-        line = line.rstrip("\r")
-        if not line.strip():
+
+
+def read_votes(path: str | Path) -> VoteTable:
+    """Parse and validate a FER+ label file (plain or gzip; BOM and CRLF accepted) with the
+    project's CSV reader. A file larger than :data:`LABEL_FILE_LIMIT` is refused before it is
+    read.
+
+    Every problem raises :class:`DatasetError` naming the file and line: a missing column, a
+    row with the wrong number of fields, an unknown ``Usage``, a vote that is not a
+    non-negative integer, an ``Image name`` that is not ``fer<7 digits>.png``, no data rows."""
+    table = read_columns(path, f"the header {HEADER}", _check_vote_header, LABEL_FILE_LIMIT)
+    good = np.ones(len(table), dtype=bool)
+    good[list(table.bad)] = False
+    usage = parse_usage(table.raw, table.span("usage"), good, table.bad)
+    votes = np.stack([_parse_counts(table, name, good) for name in VOTE_COLUMNS], axis=1).astype(
+        np.int64
+    )
+    numbers = _parse_names(table, good)
+    if table.bad:
+        raise_first(table.path, sorted((int(table.lines[i]), r) for i, r in table.bad.items()))
+    result = VoteTable(str(table.path), usage, numbers >= 0, votes, table.lines, numbers)
+    result.repeated = check_names(result)
+    return result
+
+
+def _parse_counts(table: CsvColumns, column: str, good: np.ndarray) -> np.ndarray:
+    """(N,) int64 vote counts of ``column``; a value that is not a non-negative integer of at
+    most 6 digits marks its row bad."""
+    values, counts = np.unique(table.values(column), return_inverse=True)
+    parsed = np.zeros(len(values), dtype=np.int64)
+    for code, value in enumerate(values.tolist()):
+        text = value.decode("utf-8", "replace")
+        if re.fullmatch(r"[0-9]{1,6}", text):
+            parsed[code] = int(text)
             continue
-        fields = [value.strip().strip('"').strip() for value in line.split(",")]
-        if len(fields) != len(names):
-            raise DatasetError(
-                f"{path}, line {number}: {len(fields)} comma-separated fields, expected "
-                f"{len(names)} ({', '.join(names)})."
+        for row in np.flatnonzero((counts.reshape(-1) == code) & good):
+            table.bad.setdefault(
+                int(row), f"the {column} vote count {excerpt(text)} is not a non-negative integer"
             )
-        split = USAGE_TO_SPLIT.get(fields[col_usage].lower())
-        if split is None:
-            raise DatasetError(
-                f"{path}, line {number}: unknown Usage value {excerpt(fields[col_usage])} "
-                f"(expected {', '.join(USAGE_NAMES)})."
-            )
-        counts = [fields[c] for c in col_votes]
-        for name, value in zip(VOTE_COLUMNS, counts, strict=True):
-            if not re.fullmatch(r"[0-9]{1,6}", value):
-                raise DatasetError(
-                    f"{path}, line {number}: the {name} vote count {excerpt(value)} is not a "
-                    "non-negative integer."
+    return parsed[counts.reshape(-1)]
+
+
+def _parse_names(table: CsvColumns, good: np.ndarray) -> np.ndarray:
+    """(N,) int64: the number in each row's ``Image name`` (``fer0000123.png`` -> 123), -1
+    where the name is empty (an image FER+ left out)."""
+    values = table.values("image name")
+    numbers = np.full(len(values), -1, dtype=np.int64)
+    for row, value in enumerate(values.tolist()):
+        if not value:
+            continue
+        match = _IMAGE_NAME.fullmatch(value)
+        if match is None:
+            if good[row]:
+                table.bad.setdefault(
+                    row,
+                    f"Image name {excerpt(value)} is not fer<7 digits>.png (FER+ names each "
+                    "image by its row in fer2013.csv)",
                 )
-        usage.append(split)
-        has_image.append(bool(fields[col_name]))
-        votes.append([int(v) for v in counts])
-        numbers.append(number)
-    if not usage:
-        raise DatasetError(f"{path}: has a header but no data rows.")
-    return VoteTable(
-        str(path),
-        np.array(usage, dtype=np.int8),
-        np.array(has_image, dtype=bool),
-        np.array(votes, dtype=np.int64),
-        np.array(numbers, dtype=np.int64),
+            continue
+        numbers[row] = int(match.group(1))
+    return numbers
+
+
+def _longest_increasing(values: np.ndarray) -> np.ndarray:
+    """Indices of a longest strictly increasing subsequence of ``values`` (patience sorting)."""
+    tails: list[int] = []  # tails[k]: index of the smallest tail of an increasing run of k+1
+    tail_values: list[int] = []
+    before = np.full(len(values), -1, dtype=np.int64)
+    for i, value in enumerate(values.tolist()):
+        k = bisect.bisect_left(tail_values, value)
+        before[i] = tails[k - 1] if k else -1
+        if k == len(tails):
+            tails.append(i)
+            tail_values.append(value)
+        else:
+            tails[k], tail_values[k] = i, value
+    chain, i = [], tails[-1] if tails else -1
+    while i >= 0:
+        chain.append(i)
+        i = int(before[i])
+    return np.array(chain[::-1], dtype=np.int64)
+
+
+def check_names(votes: VoteTable) -> list[tuple[int, int]]:
+    """Refuse a label file whose ``Image name`` column shows rows missing or repeated.
+
+    FER+ names the image of row ``r`` (counting from 0) ``fer%07d.png`` of a number that is
+    never larger than ``r``: the numbering starts at row 0 and falls behind only where a row
+    got no number of its own (some rows FER+ left out; in the real file the last row, 35886,
+    is ``fer0035801.png``). In row order the names increase, except for rows that name an image
+    found in its own place elsewhere. So a row whose name is
+    ahead of its row, or that advances by more than the rows do, means a row above it is
+    missing, and a name on two adjacent rows means a row repeated: the votes no longer belong
+    to the pixels beside them.
+
+    Returns (row, row of the same name in its own place) for each row that names an image
+    another row names in its own place. The real fer2013new.csv has four, as the issue that
+    asked for this check counted them: Training rows 5274/6968, 5348/11817, 8423/15835 and
+    PrivateTest 33200/34334. They are kept, each with its own votes and its own row's pixels,
+    as the FER+ authors' ``generate_training_data.py`` pairs the two files by position."""
+    named = np.flatnonzero(votes.numbers >= 0)
+    if named.size == 0:
+        return []
+    numbers = votes.numbers[named]
+    in_order = named[_longest_increasing(numbers)]
+    ordered = np.zeros(len(votes), dtype=bool)
+    ordered[in_order] = True
+    problems: list[tuple[int, str]] = []  # (row, message); the first row's is raised
+    # A name on the next named row too: a row copied (the file was edited or shifted).
+    same = np.flatnonzero(numbers[1:] == numbers[:-1])
+    if same.size:
+        first, second = int(named[same[0]]), int(named[same[0] + 1])
+        problems.append(
+            (
+                second,
+                f"{votes.path}, lines {int(votes.lines[first])} and {int(votes.lines[second])}: "
+                f"both name {_name(votes.numbers[first])}, a row repeated",
+            )
+        )
+    row_numbers = votes.numbers[in_order]
+    ahead = row_numbers > in_order
+    gaps = np.diff(row_numbers) > np.diff(in_order)
+    bad = np.flatnonzero(ahead | np.concatenate(([False], gaps)))
+    if bad.size:
+        row = int(in_order[bad[0]])
+        problems.append(
+            (
+                row,
+                f"{votes.path}, line {int(votes.lines[row])}: row {row} (counting from 0) is "
+                f"named {_name(votes.numbers[row])}, further on than the rows above it allow "
+                "(a name never exceeds its row number, nor advances by more than a row per "
+                "row), so a row above it is missing",
+            )
+        )
+    if problems:
+        raise DatasetError(f"{min(problems)[1]}. {_SHIFT_ADVICE}")
+    own_place = {int(votes.numbers[r]): int(r) for r in in_order}
+    repeated = []
+    for row in np.flatnonzero((votes.numbers >= 0) & ~ordered).tolist():
+        twin = own_place.get(int(votes.numbers[row]))
+        if twin is None:
+            raise DatasetError(
+                f"{votes.path}, line {int(votes.lines[row])}: row {row} is named "
+                f"{_name(votes.numbers[row])}, out of the order of the rows around it, and no "
+                f"other row has that name. {_SHIFT_ADVICE}"
+            )
+        repeated.append((row, twin))
+    return repeated
+
+
+def _name(number: int) -> str:
+    return f"fer{int(number):07d}.png"
+
+
+def describe_repeated(votes: VoteTable) -> str | None:
+    """One line about the rows that name an image named in its own place elsewhere, or None."""
+    if not votes.repeated:
+        return None
+    pairs = ", ".join(
+        f"{USAGE_NAMES[votes.usage[row]]} row {row} (line {int(votes.lines[row])}) names "
+        f"{_name(votes.numbers[row])} like row {twin}"
+        for row, twin in votes.repeated
+    )
+    return (
+        f"{len(votes.repeated)} rows name an image that another row names in its own place: "
+        f"{pairs}. Kept, each with its own votes and its own row's pixels (the FER+ authors' "
+        "code pairs the two files by position too)."
     )
 
 
@@ -402,6 +531,9 @@ def load_ferplus(
             entry["kept"],
             dropped,
         )
+    repeated = describe_repeated(votes)
+    if repeated:
+        log.info("FER+ %s: %s", votes.path, repeated)
     return data
 
 

@@ -4,6 +4,10 @@ soft-target loss, the data check's vote statistics and the synthetic FER+ files.
 from __future__ import annotations
 
 import io
+import logging
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -289,3 +293,114 @@ def test_synthetic_ferplus_files_read_through_the_whole_path(tmp_path):
     assert np.mean(true[kept] == labels[kept]) > 0.9
     dm = datamodule(tmp_path)
     assert len(dm.train_set) == sum(kept[votes.usage == 0])
+
+
+# ---------------------------------------------------------------------------- image names
+
+
+def named_label_text(rows: list[tuple[str, int | None, tuple[int, ...]]]) -> str:
+    """A label file whose rows carry the given image numbers (None: no image name)."""
+    lines = [HEADER]
+    for usage, number, votes in rows:
+        name = "" if number is None else f"fer{number:07d}.png"
+        lines.append(",".join([usage, name, *map(str, votes)]))
+    return "\n".join(lines) + "\n"
+
+
+def rows_with_names():
+    """ROWS with the names FER+ gives them: each row's own index, none for the non-face."""
+    return [(usage, i if named else None, votes) for i, (usage, named, votes) in enumerate(ROWS)]
+
+
+def test_a_label_file_shifted_inside_a_split_is_refused(ferplus_root):
+    # Training row 1 dropped, the last Training row duplicated: the same row count and the same
+    # Usage on every row, but every Training label between them belongs to the next image.
+    rows = rows_with_names()
+    shifted = [rows[0], *rows[2:8], rows[7], *rows[8:]]
+    assert [r[0] for r in shifted] == [r[0] for r in rows]
+    write(ferplus_root / "fer2013" / "fer2013new.csv", named_label_text(shifted))
+    with pytest.raises(DatasetError, match=r"line 3: row 1 .* named fer0000002.png.*missing"):
+        datamodule(ferplus_root)
+    with pytest.raises(DatasetError, match=r"fer2013new.csv, line 3: row 1"):
+        summarize(ferplus_root / "fer2013" / "fer2013new.csv", io.StringIO())
+    with pytest.raises(DatasetError, match=r"fer2013new.csv, line 3: row 1"):
+        summarize(ferplus_root / "fer2013", io.StringIO())
+
+
+def test_a_repeated_row_and_a_stray_name_are_refused(tmp_path):
+    rows = rows_with_names()
+    repeated = [*rows[:3], (rows[3][0], 2, rows[3][2]), *rows[4:]]  # row 3 repeats row 2's name
+    path = write(tmp_path / "new.csv", named_label_text(repeated))
+    with pytest.raises(DatasetError, match=r"lines 4 and 5: both name fer0000002.png, a row rep"):
+        read_votes(path)
+    stray = [*rows[:3], (rows[3][0], 50, rows[3][2]), *rows[4:]]  # no row 50 anywhere
+    path = write(tmp_path / "new.csv", named_label_text(stray))
+    with pytest.raises(DatasetError, match=r"line 5: row 3 is named fer0000050.png, out of"):
+        read_votes(path)
+    path = write(tmp_path / "new.csv", label_text().replace("fer0000004.png", "img4.png"))
+    with pytest.raises(DatasetError, match=r"line 6: Image name 'img4.png' is not fer<7 digits>"):
+        read_votes(path)
+
+
+def test_names_that_fall_behind_and_rows_naming_another_rows_image_are_kept(ferplus_root, caplog):
+    # As in Microsoft's file: a non-face row that takes no number (the names fall one behind
+    # the rows from there on), and a row naming an image that has its own row further down.
+    rows = rows_with_names()
+    behind = [*rows[:5], rows[5], *[(u, i - 1, v) for u, i, v in rows[6:]]]
+    behind[3] = (behind[3][0], 9, behind[3][2])  # row 3 names fer0000009.png, row 10's image
+    assert behind[10][1] == 9
+    write(ferplus_root / "fer2013" / "fer2013new.csv", named_label_text(behind))
+    votes = read_votes(ferplus_root / "fer2013" / "fer2013new.csv")
+    assert votes.repeated == [(3, 10)]
+    with caplog.at_level(logging.INFO, logger="fer_lightning.data.ferplus"):
+        dm = datamodule(ferplus_root)
+    assert "Training row 3 (line 5) names fer0000009.png like row 10" in caplog.text
+    assert all_items(dm.train_set)[1].tolist() == [0, 1, 3]  # kept by position, as before
+    out = io.StringIO()
+    summarize(ferplus_root / "fer2013", out)
+    text = out.getvalue()
+    assert "1 rows name an image that another row names in its own place" in text
+    assert "Kept, each with its own votes" in text
+    assert "of these rows, 0 hold the same image as the row they name" in text
+
+
+def test_a_sparse_label_file_is_refused_at_once_with_little_memory(ferplus_root):
+    """``truncate -s 1G fer2013new.csv``: refused before it is read (it used to be read,
+    decoded and split: 3.6 GB and 13 s)."""
+    label_file = ferplus_root / "fer2013" / "fer2013new.csv"
+    with label_file.open("r+b") as handle:
+        handle.truncate(1 << 30)
+    sparse_faces = ferplus_root / "sparse" / "fer2013.csv"
+    sparse_faces.parent.mkdir()
+    with sparse_faces.open("wb") as handle:
+        handle.truncate(1 << 30)
+    script = (
+        "import io, resource, sys, time\n"
+        "from pathlib import Path\n"
+        "from fer_lightning.data.check import summarize\n"
+        "from fer_lightning.data.errors import DatasetError\n"
+        "from fer_lightning.data.ferplus import read_votes\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "start = time.perf_counter()\n"
+        "for call, arg in ((read_votes, sys.argv[1]), (summarize, sys.argv[2]),\n"
+        "                  (summarize, sys.argv[3])):\n"
+        "    try:\n"
+        "        call(Path(arg)) if call is read_votes else call(Path(arg), io.StringIO())\n"
+        "    except DatasetError as error:\n"
+        "        print(error)\n"
+        "print(time.perf_counter() - start)\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(label_file), str(label_file.parent), str(sparse_faces)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"},
+    )
+    votes_error, folder_error, faces_error, seconds, growth_mb = result.stdout.splitlines()
+    assert "fer2013new.csv: is more than 67 MB of text; a FER+ label file is far" in votes_error
+    assert folder_error == votes_error
+    assert "sparse/fer2013.csv: not a text file (binary data at byte 0" in faces_error
+    assert float(seconds) < 5, seconds
+    assert int(growth_mb) < 100, growth_mb

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_lightning.data.csv_reader import FaceTable, read_face_csv
+from fer_lightning.data.csv_writer import write_atomically
 from fer_lightning.data.errors import DatasetNotFoundError
 from fer_lightning.labels import FACE_SIZE, NUM_CLASSES
 
@@ -75,10 +76,7 @@ def _remember_hash(cache_dir: Path, resolved: str, signature: str, digest: str) 
         cache_dir.mkdir(parents=True, exist_ok=True)
         known = _read_hashes(cache_dir)
         known[resolved] = {"stat": signature, "hash": digest}
-        fd, tmp = tempfile.mkstemp(prefix=".hashes-", dir=cache_dir)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(known, handle)
-        os.replace(tmp, cache_dir / _HASHES_FILE)
+        write_atomically(cache_dir / _HASHES_FILE, json.dumps(known).encode())
     except OSError as err:  # a read-only cache folder: hash again next time
         log.debug("Could not remember the content hash in %s (%s).", cache_dir, err)
 
@@ -171,6 +169,11 @@ def _write_entry(entry: Path, table: FaceTable) -> None:
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
     try:
+        # mkdtemp makes the folder 0700: give the entry a new folder's usual permissions, so
+        # that everyone who may read the data folder may read its cache too.
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)
         np.save(tmp / "faces.npy", np.ascontiguousarray(table.faces))
         np.save(tmp / "labels.npy", table.labels)
         if table.usage is not None:

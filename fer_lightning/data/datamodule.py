@@ -35,7 +35,7 @@ from fer_lightning.data.ferplus import (
     find_label_file,
     load_ferplus,
 )
-from fer_lightning.data.folds import fold_rows, read_subjects
+from fer_lightning.data.folds import check_fold_count, fold_rows, read_subjects
 from fer_lightning.data.sources import USAGE_FILES, SplitRef, find_csv_files, load_splits
 from fer_lightning.data.synthetic import generate_synthetic_csv
 from fer_lightning.faces.transforms import to_model_input
@@ -178,8 +178,7 @@ class FERDataModule(pl.LightningDataModule):
             raise ValueError(
                 f"data.ferplus.labels must be one of {LABEL_MODES}, not {self.ferplus['labels']!r}."
             )
-        if not (isinstance(folds, int) and folds >= 3 and isinstance(fold, int)):
-            raise ValueError(f"data.folds must be an integer >= 3, not {folds!r}.")
+        check_fold_count(folds)
         if not 0 <= fold < folds:
             raise ValueError(f"data.fold={fold} is outside 0..{folds - 1} (data.folds={folds}).")
         self.fold, self.folds = fold, folds

@@ -83,17 +83,23 @@ def _natural(name: str) -> list[object]:
 def assign_folds(subjects: Sequence[str], folds: int) -> dict[str, int]:
     """Subject -> fold (0..folds-1), balancing the images per fold (see the module docstring).
 
-    Raises ``ValueError`` when ``folds`` is under 3 or above the number of subjects."""
+    Raises ``ValueError`` when ``folds`` is under 3 or above the number of subjects, or when
+    there are fewer than 3 subjects, with advice that a valid setting follows."""
     counts = Counter(subjects)
-    if folds < MIN_FOLDS:
+    if len(counts) < MIN_FOLDS:
+        people = f"{len(counts)} subject" + ("s" if len(counts) != 1 else "")
         raise ValueError(
-            f"data.folds={folds}: at least {MIN_FOLDS} folds are needed (test, validation and "
-            "training)."
+            f"only {people} ({', '.join(sorted(counts, key=_natural))}): subject-disjoint folds "
+            f"need at least {MIN_FOLDS} people, since test, validation and training each need "
+            "their own. Add the images of more people (`python -m fer_lightning.data prepare` "
+            "records each face's subject), or use a dataset with more people (JAFFE has 10, "
+            "FACES 171)."
         )
+    check_fold_count(folds)
     if folds > len(counts):
         raise ValueError(
-            f"data.folds={folds}, but there are only {len(counts)} subjects: use at most "
-            f"{len(counts)} folds ({len(counts)} is leave-one-subject-out)."
+            f"data.folds={folds}, but there are only {len(counts)} subjects: use data.folds "
+            f"from {MIN_FOLDS} to {len(counts)} ({len(counts)} is leave-one-subject-out)."
         )
     load = [0] * folds
     fold_of: dict[str, int] = {}
@@ -102,6 +108,16 @@ def assign_folds(subjects: Sequence[str], folds: int) -> dict[str, int]:
         fold_of[subject] = fold
         load[fold] += counts[subject]
     return fold_of
+
+
+def check_fold_count(folds: object) -> None:
+    """Raise ``ValueError`` unless ``folds`` is an integer of at least :data:`MIN_FOLDS`."""
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < MIN_FOLDS:
+        raise ValueError(
+            f"data.folds={folds!r}: subject-disjoint folds need an integer of at least "
+            f"{MIN_FOLDS} (the test, validation and training people each form at least one "
+            "fold)."
+        )
 
 
 def fold_rows(subjects: Sequence[str], folds: int, fold: int) -> dict[str, np.ndarray]:

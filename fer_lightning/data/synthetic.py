@@ -11,15 +11,13 @@ path (``data=ferplus``) runs offline too.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from fer_lightning.data.csv_reader import USAGE_NAMES
-from fer_lightning.data.csv_writer import write_face_csv
+from fer_lightning.data.csv_writer import write_atomically, write_face_csv
 from fer_lightning.labels import EMOTIONS, FACE_SIZE, FERPLUS_EMOTIONS
 
 SYNTHETIC_VERSION = 2  # bump when the drawing changes, so cached CSVs are regenerated
@@ -277,16 +275,7 @@ def write_ferplus_csv(
     for row, (counts, named, code) in enumerate(zip(votes, has_image, usage, strict=True)):
         name = f"fer{row:07d}.png" if named else ""
         lines.append(",".join([USAGE_NAMES[int(code)], name, *map(str, counts.tolist())]))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii", newline="\n") as handle:
-            handle.write("\n".join(lines) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, ("\n".join(lines) + "\n").encode("ascii"))
 
 
 def generate_synthetic_ferplus(

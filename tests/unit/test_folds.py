@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -62,10 +63,33 @@ def test_assignment_is_deterministic_and_leave_one_subject_out_at_full_folds():
 
 
 def test_fold_counts_outside_the_data_are_refused():
-    with pytest.raises(ValueError, match="only 12 subjects: use at most 12 folds"):
+    with pytest.raises(ValueError, match=r"only 12 subjects: use data\.folds from 3 to 12"):
         assign_folds(SUBJECTS, 13)
-    with pytest.raises(ValueError, match="at least 3 folds"):
+    with pytest.raises(ValueError, match=r"data\.folds=2: .* at least 3"):
         assign_folds(SUBJECTS, 2)
+
+
+@pytest.mark.parametrize("people", [1, 2, 3, 4, 5])
+def test_the_advice_for_too_many_folds_is_a_setting_that_works(people):
+    """The advice and the rule agree: what the message suggests is accepted, and with fewer
+    people than the minimum of 3 folds no fold count is suggested at all."""
+    subjects = [f"P{i}" for i in range(people) for _ in range(2)]
+    with pytest.raises(ValueError) as err:
+        assign_folds(subjects, people + 1)
+    message = str(err.value)
+    suggested = re.search(r"use data\.folds from (\d+) to (\d+)", message)
+    if people < 3:
+        assert suggested is None and "at most" not in message
+        assert f"only {people} subject" in message and "at least 3 people" in message
+        for folds in range(1, people + 1):  # nothing a user could try is accepted either
+            with pytest.raises(ValueError):
+                assign_folds(subjects, folds)
+    else:
+        low, high = int(suggested.group(1)), int(suggested.group(2))
+        assert (low, high) == (3, people)
+        for folds in (low, high):
+            rows = fold_rows(subjects, folds, 0)
+            assert all(r.size for r in rows.values())
     with pytest.raises(ValueError, match=r"data\.fold=10 is outside 0\.\.9"):
         FERDataModule("jaffe", "unused", fold=10, folds=10)
 

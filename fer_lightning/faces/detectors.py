@@ -230,7 +230,10 @@ class OpenCVYuNetDetector(FaceDetector):
     def __init__(
         self, model_path: str | Path | None = None, min_score: float = 0.6, nms: float = 0.3
     ) -> None:
-        if model_path is None:
+        from_cache = model_path is None
+        if from_cache:
+            # Imported on use: fer_lightning.models loads torch, which the detector worker
+            # process must not (yuface runs about 10x slower beside torch's OpenMP runtime).
             from fer_lightning.models.hub import PretrainedDownloadError, fetch
 
             try:
@@ -248,7 +251,15 @@ class OpenCVYuNetDetector(FaceDetector):
         try:
             self._detector = cv2.FaceDetectorYN.create(str(path), "", (320, 320), min_score, nms)
         except cv2.error as error:
-            raise DetectorUnavailableError(f"OpenCV could not load {path}: {error}") from None
+            reason = " ".join(str(error).split())
+            advice = (
+                " It is the download cache's copy: delete it and run again to download it anew."
+                if from_cache
+                else ""
+            )
+            raise DetectorUnavailableError(
+                f"OpenCV could not load {path}: {reason}.{advice}"
+            ) from None
         self.model_path = path
 
     def _detect_bgr(self, image: np.ndarray) -> list[Detection]:

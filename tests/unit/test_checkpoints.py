@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
+import random
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -123,7 +126,7 @@ def test_truncated_checkpoint(tmp_path):
     path = tmp_path / "half.pt"
     torch.save({"net": create_model("resnet18").state_dict()}, path)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match="Is the file complete"):
+    with pytest.raises(CheckpointError, match="damaged, incomplete"):
         load_model(path)
 
 
@@ -191,3 +194,113 @@ def test_interrupted_checkpoint_save_leaves_the_previous_file_whole(tmp_path, mo
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["epoch"] == 1
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+# Any bytes given as a checkpoint: one CheckpointError naming the file (issue 21). torch's
+# weights-only unpickler raises KeyError, IndexError, struct.error, RuntimeError, zip errors,
+# EOFError, UnicodeDecodeError... on such bytes; the commands print a CheckpointError as one
+# line and exit 2.
+
+EXPECTED = "expected a checkpoint written by torch.save"
+
+
+@pytest.fixture(scope="module")
+def real_checkpoints() -> dict[str, bytes]:
+    """A ResNet-18 as this project's model.pt, in torch's zip format and in its legacy one."""
+    torch.manual_seed(0)
+    content = {"net": create_model("resnet18").state_dict(), "arch": "resnet18"}
+    saved = {}
+    for name, zipped in (("zip", True), ("legacy", False)):
+        buffer = io.BytesIO()
+        torch.save(content, buffer, _use_new_zipfile_serialization=zipped)
+        saved[name] = buffer.getvalue()
+    return saved
+
+
+def _refused(path: Path) -> str:
+    with pytest.raises(CheckpointError) as error:
+        load_model(path)
+    message = str(error.value)
+    assert str(path) in message and "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("layout", ["zip", "legacy"])
+def test_every_truncation_of_a_real_checkpoint_is_one_clear_error(
+    tmp_path, real_checkpoints, layout
+):
+    data = real_checkpoints[layout]
+    size = len(data)
+    # The header and the pickle closely, the tensors' bytes coarsely, the end closely.
+    offsets = sorted(
+        {
+            *range(0, 1500, 29),
+            *(size * k // 25 for k in range(1, 25)),
+            size - 1,
+            size - 22,
+            size - 600,
+        }
+    )
+    path = tmp_path / "model.pt"
+    for offset in offsets:
+        path.write_bytes(data[:offset])
+        message = _refused(path)
+        # A legacy pickle cut inside a name names a global that is refused (and says so).
+        assert EXPECTED in message or "damaged" in message, offset
+
+
+def _rezipped(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_zips_with_wrong_or_damaged_members_are_one_clear_error(tmp_path, real_checkpoints):
+    archive = zipfile.ZipFile(io.BytesIO(real_checkpoints["zip"]))
+    members = {name: archive.read(name) for name in archive.namelist()}
+    tensors = [name for name in members if "/data/" in name]
+    pickle_name = next(name for name in members if name.endswith("data.pkl"))
+    rng = random.Random(0)
+    cases = {
+        "a tensor missing": {k: v for k, v in members.items() if k != tensors[0]},
+        "a tensor cut short": {**members, tensors[0]: members[tensors[0]][:10]},
+        "junk as the pickle": {"archive/data.pkl": b"junk"},
+        "no pickle at all": {"readme.txt": b"hello"},
+    }
+    for i in range(40):
+        damaged = bytearray(members[pickle_name])
+        for _ in range(rng.randint(1, 4)):
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        cases[f"pickle damaged ({i})"] = {**members, pickle_name: bytes(damaged)}
+    path = tmp_path / "model.pt"
+    for what, case in cases.items():
+        path.write_bytes(_rezipped(case))
+        try:
+            load_model(path)  # a byte that does not matter (in a name's padding) may load
+        except CheckpointError as error:
+            assert str(path) in str(error) and "\n" not in str(error), what
+
+
+def test_random_bytes_and_odd_files_are_one_clear_error(tmp_path):
+    rng = random.Random(1)
+    path = tmp_path / "x.ckpt"
+    for data in [b"hello", b"h", b"PK\x03\x04", b"\x80\x02}q\x00.", b"<html></html>"] + [
+        rng.randbytes(rng.randint(1, 4000)) for _ in range(30)
+    ]:
+        path.write_bytes(data)
+        assert EXPECTED in _refused(path), data[:20]
+    path.write_bytes(b"")
+    assert "is empty" in _refused(path)
+    folder = tmp_path / "folder.ckpt"
+    folder.mkdir()
+    assert "is a folder" in _refused(folder)
+
+
+def test_tensors_under_keys_that_are_not_names_are_refused(tmp_path):
+    path = tmp_path / "odd.pt"
+    torch.save({"net": {1: torch.zeros(1)}}, path)
+    assert "not names" in _refused(path)
+    torch.save({"net": {"fc.weight": torch.zeros(())}}, path)
+    _refused(path)

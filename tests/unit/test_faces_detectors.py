@@ -103,9 +103,10 @@ def test_auto_prefers_yunet_and_names_are_checked():
 
 
 def test_opencv_yunet_fetches_its_model_file_like_the_published_weights(tmp_path, monkeypatch):
-    """Without model_path the ONNX file comes from the release URL into the cache; offline,
-    the message says how to get it. (The real YuNet file cannot be had here: the one served is
-    not a network, and OpenCV's refusal of it is reported as such.)"""
+    """Without model_path the ONNX file comes from the release URL into the cache, verified
+    against OpenCV's published SHA-256 and size; offline, the message says how to get it. (The
+    real YuNet file cannot be had here: what is served is refused and not kept; a bad file in
+    the cache is named with the advice to delete it.)"""
     from tests.helpers.http import FileServer
 
     monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "cache"))
@@ -121,13 +122,20 @@ def test_opencv_yunet_fetches_its_model_file_like_the_published_weights(tmp_path
     for var in ("NO_PROXY", "no_proxy"):
         monkeypatch.setenv(var, "127.0.0.1,localhost")
     try:
-        with pytest.raises(DetectorUnavailableError, match="OpenCV could not load"):
+        with pytest.raises(DetectorUnavailableError, match="not the published 232589"):
             create_detector("opencv_yunet")
     finally:
         server.stop()
     cached = tmp_path / "cache" / "face_detection_yunet_2023mar.onnx"
-    assert cached.read_bytes() == served.read_bytes()
+    assert not cached.exists()
     assert server.requests == ["face_detection_yunet_2023mar.onnx"]
+    # A file that was put in the cache (checksums off, as for a private mirror) but does not
+    # load: named, with what to do.
+    monkeypatch.setenv("FER_VERIFY_CHECKSUMS", "0")
+    cached.write_bytes(b"not an onnx graph")
+    with pytest.raises(DetectorUnavailableError, match="OpenCV could not load") as error:
+        create_detector("opencv_yunet")
+    assert str(cached) in str(error.value) and "delete it" in str(error.value)
 
 
 def test_tilt_correction_levels_the_eyes(photo):

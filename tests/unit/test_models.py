@@ -31,6 +31,29 @@ def test_registry_lists_every_variant():
     assert set(list_models()) == set(PUBLISHED + BASELINES)
 
 
+def test_every_architecture_has_one_table_entry_and_the_table_is_what_is_read():
+    """presets.ARCHITECTURES is the one home of each architecture's facts: it lists exactly the
+    registered builders, and the download table and the loaders read it."""
+    from fer_lightning.labels import EMOTIONS
+    from fer_lightning.models import hub
+    from fer_lightning.models.checkpoint_reader import matching_architectures
+    from fer_lightning.models.presets import ARCHITECTURES, default_input_size
+
+    assert set(ARCHITECTURES) == set(list_models())
+    published = {name: p.published for name, p in ARCHITECTURES.items() if p.published}
+    assert {n: f for n, f in hub.PRETRAINED_FILES.items() if f.is_checkpoint} == published
+    for name, file in published.items():
+        assert file.arch == name
+        assert len(ARCHITECTURES[name].labels) == create_model(name).fc[-1].out_features
+    assert all(p.labels == EMOTIONS for p in ARCHITECTURES.values())
+    assert (
+        default_input_size("resmasking_dropout1") == ARCHITECTURES["resmasking_dropout1"].input_size
+    )
+    # Key twins load as the table's preferred one.
+    state = create_model("resmasking_naive_dropout1").state_dict()
+    assert matching_architectures(state)[0] == "resmasking_dropout1"
+
+
 def test_unknown_name_lists_valid_ones():
     with pytest.raises(ValueError, match="resmasking_dropout1"):
         create_model("resmasking_dropout3")

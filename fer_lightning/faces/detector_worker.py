@@ -55,15 +55,24 @@ class RecycledDetector(FaceDetector):
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         options = {k: str(v) if k == "model_path" else v for k, v in self.options.items()}
-        # The worker's entry is a function call, not a command line: nothing to parse.
+        # The worker's entry is a function call, not a command line: nothing to parse. Ctrl-C
+        # and a notebook kernel's shutdown interrupt the parent, which ends the child through
+        # its pipe: the child ignores SIGINT from its first line (no KeyboardInterrupt
+        # traceback from a child at exit) and runs in its own session, out of the terminal's
+        # process group.
         entry = (
+            "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
             "import json; from fer_lightning.faces.detector_worker import serve; "
             f"serve({self.name!r}, json.loads({json.dumps(options)!r}))"
         )
         command = [sys.executable, "-c", entry]
         environment = {**os.environ, "OMP_WAIT_POLICY": "passive"}
         return subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environment
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=environment,
+            start_new_session=True,
         )
 
     def _detect_bgr(self, image: np.ndarray) -> list[Detection]:
@@ -171,5 +180,8 @@ def serve(name: str, options: dict[str, object]) -> None:
         rows = [
             [*d.box, d.score, None if d.landmarks is None else d.landmarks.tolist()] for d in found
         ]
-        stdout.write(json.dumps(rows).encode() + b"\n")
-        stdout.flush()
+        try:
+            stdout.write(json.dumps(rows).encode() + b"\n")
+            stdout.flush()
+        except BrokenPipeError:
+            return  # the parent went away

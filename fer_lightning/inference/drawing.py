@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import cv2
@@ -33,14 +34,71 @@ def draw_faces(image_bgr: np.ndarray, faces: Sequence[LabelledFace]) -> np.ndarr
         x0, y0, x1, y1 = (int(v) for v in face.box)
         cv2.rectangle(canvas, (x0, y0), (x1, y1), BOX_COLOUR, thickness)
         caption = f"{face.label} {100 * face.probs[face.label]:.0f}%"
-        (text_w, text_h), baseline = cv2.getTextSize(caption, FONT, scale, thickness)
-        top = y0 - text_h - baseline - 2 if y0 - text_h - baseline - 2 >= 0 else y1 + 2
+        layout = caption_layout(caption, (x0, y0, x1, y1), (width, height), scale, thickness)
         cv2.rectangle(
-            canvas, (x0, top), (x0 + text_w + 4, top + text_h + baseline + 2), BOX_COLOUR, -1
+            canvas, (layout.left, layout.top), (layout.right, layout.bottom), BOX_COLOUR, -1
         )
-        cv2.putText(canvas, caption, (x0 + 2, top + text_h + 1), FONT, scale, (0, 0, 0), thickness)
+        cv2.putText(
+            canvas,
+            caption,
+            (layout.left + 2, layout.baseline_y),
+            FONT,
+            layout.scale,
+            (0, 0, 0),
+            layout.thickness,
+        )
         _draw_bars(canvas, face.probs, (x0, y0, x1, y1), scale)
     return canvas
+
+
+@dataclass(frozen=True)
+class CaptionLayout:
+    """Where a caption goes: its background ``left, top, right, bottom`` (inclusive pixels),
+    the text's ``baseline_y``, and the font ``scale`` and ``thickness`` it is drawn with."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+    baseline_y: int
+    scale: float
+    thickness: int
+
+
+def caption_layout(
+    caption: str,
+    box: tuple[int, int, int, int],
+    image_size: tuple[int, int],
+    scale: float,
+    thickness: int,
+) -> CaptionLayout:
+    """The caption of ``box`` kept whole inside an image of ``image_size`` (width, height):
+    above the box where there is room, else below it, else at the image's edge; moved left
+    from the right edge (and right from the left one); drawn smaller when it is wider than
+    the image."""
+    width, height = image_size
+    x0, y0, _, y1 = box
+    (text_w, text_h), baseline = cv2.getTextSize(caption, FONT, scale, thickness)
+    while text_w + 4 > width and scale > 0.1:
+        scale, thickness = scale * 0.8, 1
+        (text_w, text_h), baseline = cv2.getTextSize(caption, FONT, scale, thickness)
+    box_w, box_h = text_w + 4, text_h + baseline + 2
+    if y0 - box_h >= 0:
+        top = y0 - box_h
+    elif y1 + 2 + box_h <= height:
+        top = y1 + 2
+    else:
+        top = min(max(0, y0), max(0, height - box_h))
+    left = min(max(0, x0), max(0, width - box_w))
+    return CaptionLayout(
+        left=left,
+        top=top,
+        right=min(width, left + box_w) - 1,
+        bottom=min(height, top + box_h) - 1,
+        baseline_y=top + text_h + 1,
+        scale=scale,
+        thickness=thickness,
+    )
 
 
 def _draw_bars(

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_lightning.faces.images import read_image
+
 #: NASA's portrait of astronaut Eileen Collins, 320x320 JPEG, one frontal face.
 ASTRONAUT_PATH: Path = Path(__file__).parent / "assets" / "astronaut.jpg"
 
 
 def astronaut() -> np.ndarray:
     """The bundled astronaut portrait as (320, 320, 3) BGR uint8."""
-    from fer_lightning.faces.images import read_image
-
     return read_image(ASTRONAUT_PATH)
 
 

@@ -193,3 +193,26 @@ def test_unrotated_crop_is_the_dataset_converters_crop(photo, box):
     expected, method = cropper(gray)
     assert method.startswith("detector")
     np.testing.assert_array_equal(crop_face(gray, detection, align=False), expected)
+
+
+def test_the_detector_worker_ignores_ctrl_c_and_exits_quietly(capfd):
+    """Ctrl-C (or a notebook kernel's shutdown) interrupts the parent, not the worker: the
+    worker keeps serving until the parent ends it, and prints no KeyboardInterrupt traceback."""
+    import os
+    import signal
+    import time
+
+    image = np.zeros((40, 40, 3), np.uint8)
+    worker = RecycledDetector("none")
+    try:
+        assert len(worker.detect(image)) == 1
+        assert os.getpgid(worker.pid) != os.getpgid(0)  # out of the terminal's process group
+        os.kill(worker.pid, signal.SIGINT)
+        time.sleep(0.5)
+        assert len(worker.detect(image)) == 1
+        pid = worker.pid
+    finally:
+        worker.close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # ended by close(), not left behind
+    assert "KeyboardInterrupt" not in capfd.readouterr().err

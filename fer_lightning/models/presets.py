@@ -27,8 +27,8 @@ class PublishedFile:
     ``arch`` of the network it holds (``None`` for files that are not checkpoints, such as the
     face detector), its ``sha256`` and ``size`` in bytes where they are published (``None``:
     not pinned; then ``max_size`` bounds a download), and the ``sources`` to try, in order:
-    ``"huggingface"`` (the authors' repository, through huggingface_hub) or base URLs that the
-    file name is appended to."""
+    ``"huggingface"`` (the authors' repository, at ``$HF_ENDPOINT`` or huggingface.co) or base
+    URLs that the file name is appended to."""
 
     filename: str
     arch: str | None = None

@@ -115,28 +115,39 @@ def upward_imports(imports: Iterable[Import]) -> list[Import]:
     return violations
 
 
-def import_cycles(imports: Iterable[Import]) -> list[list[Import]]:
-    """One circle of imports for each group of modules that import each other, as the chain of
-    imports that closes it (a -> b -> ... -> a)."""
-    graph = nx.DiGraph()
+def _graph(imports: Iterable[Import]) -> nx.MultiDiGraph:
+    graph = nx.MultiDiGraph()
     for imp in imports:
         if imp.source != imp.target:
             graph.add_edge(imp.source, imp.target, imp=imp)
+    return graph
+
+
+def import_cycles(imports: Iterable[Import]) -> list[list[Import]]:
+    """One circle of imports for each group of modules that import each other, as the chain of
+    imports that closes it (a -> b -> ... -> a)."""
+    graph = _graph(imports)
     cycles = []
     for group in nx.strongly_connected_components(graph):
         if len(group) > 1:
             edges = nx.find_cycle(graph.subgraph(group))
-            cycles.append([graph.edges[a, b]["imp"] for a, b in edges])
+            cycles.append([graph.edges[a, b, key]["imp"] for a, b, key in edges])
     return sorted(cycles, key=lambda cycle: cycle[0].source)
 
 
-def _report(cycles: list[list[Import]]) -> str:
-    return "\n".join(
-        " -> ".join([cycle[0].source, *(imp.target for imp in cycle)])
-        + "\n    "
-        + "\n    ".join(str(imp) for imp in cycle)
-        for cycle in cycles
-    )
+def _report(cycles: list[list[Import]], imports: list[Import]) -> str:
+    """Each circle, then every import between the modules of its group (file:line), so that
+    the one to remove can be chosen."""
+    graph = _graph(imports)
+    blocks = []
+    for cycle in cycles:
+        group = {imp.source for imp in cycle}
+        inside = sorted(
+            (data["imp"] for _, _, data in graph.subgraph(group).edges(data=True)), key=str
+        )
+        chain = " -> ".join([cycle[0].source, *(imp.target for imp in cycle)])
+        blocks.append(chain + "".join(f"\n    {imp}" for imp in inside))
+    return "\n".join(blocks)
 
 
 def test_layers_import_downwards_only():
@@ -145,8 +156,9 @@ def test_layers_import_downwards_only():
 
 
 def test_no_modules_import_each_other():
-    cycles = import_cycles(project_imports(PACKAGE.parent))
-    assert not cycles, _report(cycles)
+    imports = project_imports(PACKAGE.parent)
+    cycles = import_cycles(imports)
+    assert not cycles, _report(cycles, imports)
 
 
 def _plant(root: Path, files: dict[str, str]) -> Path:
@@ -192,7 +204,12 @@ def test_the_checks_see_a_planted_upward_import_and_a_planted_circle(tmp_path):
             ("fer_lightning.models.b", "fer_lightning.models.a"),
         },
     ]
-    assert "fer_lightning/models/b.py:2" in _report(cycles)
+    report = _report(cycles, imports)
+    assert (
+        "fer_lightning/models/b.py:2 (fer_lightning.models.b) imports fer_lightning.models.a"
+        in report
+    )
+    assert "fer_lightning/inference/api.py:1" in report and "labels" not in report
 
 
 def test_only_cli_parses_command_lines():

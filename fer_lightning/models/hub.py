@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import cv2
+from tqdm.auto import tqdm
 
 from fer_lightning.models.checkpoint_reader import (
     build_network,
@@ -321,7 +322,9 @@ def _open_part(part: Path) -> Iterator[BinaryIO]:
         raise _LocalError(part, error) from None
     with out:
         if fcntl is not None:
-            fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Where the filesystem has no locks, the .part is never taken for abandoned.
+            with contextlib.suppress(OSError):
+                fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)
         yield out
 
 
@@ -357,14 +360,12 @@ def _connect_probe(url: str) -> None:
         socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as error:
         cause = "timed out" if isinstance(error, TimeoutError) else (error.strerror or error)
-        raise _Unreachable(f"cannot reach {host}:{port} ({cause}); no network?") from None
+        raise _Unreachable(f"cannot reach {host}:{port} ({cause}: no network?)") from None
 
 
 def _download(url: str, out: BinaryIO, part: Path, entry: PublishedFile) -> None:
     """Write the body of ``url`` to ``out``, never more than the file's known size; raises
     :class:`_Truncated` if it ends early and :class:`_Rejected` if it is too long."""
-    from tqdm.auto import tqdm
-
     _connect_probe(url)
     log.info("Downloading %s", url)
     limit = entry.size_limit

@@ -20,7 +20,7 @@ from fer_lightning.data.ferplus import (
     read_votes,
     vote_statistics,
 )
-from fer_lightning.data.sources import USAGE_FILES, SplitRef, find_csv_files, load_splits
+from fer_lightning.data.layouts import USAGE_FILES, SplitRef, find_csv_files, load_splits
 from fer_lightning.labels import EMOTIONS, NUM_CLASSES
 
 

@@ -97,6 +97,54 @@ class FaceDataset(Dataset):
         self.__dict__.update(state)
 
 
+class VoteDataset(FaceDataset):
+    """Training faces whose targets come from FER+ label distributions ``targets`` (N, 8).
+
+    ``draw=False`` (``crossentropy``): batches carry the distributions, (B, 8) float32.
+    ``draw=True`` (``probability``): each face gets a hard label drawn from its distribution
+    every time it is fetched, (B,) int64, from a generator seeded like the augmentation (by
+    torch's per-process seed: reproducible, different in every DataLoader worker).
+    ``labels`` holds each row's largest class (class counts, balanced sampling).
+    """
+
+    def __init__(
+        self,
+        parts: Sequence[tuple[np.ndarray, np.ndarray | None]],
+        targets: np.ndarray,
+        draw: bool,
+        transform: Any = None,
+    ) -> None:
+        targets = np.asarray(targets, dtype=np.float32)
+        super().__init__(parts, targets.argmax(axis=1), transform)
+        self.targets = targets
+        self.draw = draw
+        cumulative = np.cumsum(targets.astype(np.float64), axis=1)
+        self._cumulative = cumulative
+        # Last class with any mass: guards the draw against rounding at the top end.
+        self._last = (targets.shape[1] - 1 - np.argmax(targets[:, ::-1] > 0, axis=1)).astype(
+            np.int64
+        )
+        self._rng: np.random.Generator | None = None
+        self._rng_for: tuple[int, int] | None = None
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
+        faces, _ = super().__getitems__(indices)
+        idx = np.asarray(indices, dtype=np.int64)
+        if not self.draw:
+            return faces, torch.from_numpy(self.targets[idx])
+        cumulative = self._cumulative[idx]
+        point = self._generator().random(idx.size) * cumulative[:, -1]
+        drawn = np.minimum((cumulative <= point[:, None]).sum(axis=1), self._last[idx])
+        return faces, torch.from_numpy(drawn.astype(np.int64))
+
+    def _generator(self) -> np.random.Generator:
+        key = (os.getpid(), torch.initial_seed())
+        if self._rng is None or self._rng_for != key:
+            self._rng = np.random.default_rng(torch.initial_seed())
+            self._rng_for = key
+        return self._rng
+
+
 def collate_batch(batch: Any) -> Any:
     """DataLoader ``collate_fn``: batches from ``__getitems__`` (a tuple of two tensors) pass
     through; a list of single samples is stacked as usual."""

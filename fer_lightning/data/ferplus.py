@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,8 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from fer_lightning.data.cache import load_table
 from fer_lightning.data.csv_reader import (
@@ -55,7 +52,6 @@ from fer_lightning.data.csv_reader import (
     read_columns,
     read_head,
 )
-from fer_lightning.data.dataset import FaceDataset
 from fer_lightning.data.errors import DatasetError
 from fer_lightning.labels import FERPLUS_EMOTIONS
 
@@ -535,57 +531,6 @@ def load_ferplus(
     if repeated:
         log.info("FER+ %s: %s", votes.path, repeated)
     return data
-
-
-# ---------------------------------------------------------------------------- training data
-
-
-class VoteDataset(FaceDataset):
-    """Training faces whose targets come from FER+ label distributions ``targets`` (N, 8).
-
-    ``draw=False`` (``crossentropy``): batches carry the distributions, (B, 8) float32.
-    ``draw=True`` (``probability``): each face gets a hard label drawn from its distribution
-    every time it is fetched, (B,) int64, from a generator seeded like the augmentation (by
-    torch's per-process seed: reproducible, different in every DataLoader worker).
-    ``labels`` holds each row's largest class (class counts, balanced sampling).
-    """
-
-    def __init__(
-        self,
-        parts: Sequence[tuple[np.ndarray, np.ndarray | None]],
-        targets: np.ndarray,
-        draw: bool,
-        transform: Any = None,
-    ) -> None:
-        targets = np.asarray(targets, dtype=np.float32)
-        super().__init__(parts, targets.argmax(axis=1), transform)
-        self.targets = targets
-        self.draw = draw
-        cumulative = np.cumsum(targets.astype(np.float64), axis=1)
-        self._cumulative = cumulative
-        # Last class with any mass: guards the draw against rounding at the top end.
-        self._last = (targets.shape[1] - 1 - np.argmax(targets[:, ::-1] > 0, axis=1)).astype(
-            np.int64
-        )
-        self._rng: np.random.Generator | None = None
-        self._rng_for: tuple[int, int] | None = None
-
-    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
-        faces, _ = super().__getitems__(indices)
-        idx = np.asarray(indices, dtype=np.int64)
-        if not self.draw:
-            return faces, torch.from_numpy(self.targets[idx])
-        cumulative = self._cumulative[idx]
-        point = self._generator().random(idx.size) * cumulative[:, -1]
-        drawn = np.minimum((cumulative <= point[:, None]).sum(axis=1), self._last[idx])
-        return faces, torch.from_numpy(drawn.astype(np.int64))
-
-    def _generator(self) -> np.random.Generator:
-        key = (os.getpid(), torch.initial_seed())
-        if self._rng is None or self._rng_for != key:
-            self._rng = np.random.default_rng(torch.initial_seed())
-            self._rng_for = key
-        return self._rng
 
 
 # ---------------------------------------------------------------------------- statistics

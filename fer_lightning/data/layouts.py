@@ -25,6 +25,13 @@ from fer_lightning.data.errors import DatasetError, DatasetNotFoundError
 
 USAGE_FILES: tuple[str, ...] = ("fer2013.csv", "icml_face_data.csv")
 SPLIT_FILES: dict[str, str] = {"train": "train.csv", "val": "val.csv", "test": "test.csv"}
+# What a dataset path may be, for the message when there is nothing there.
+LOOKED_FOR = (
+    "Expected a face CSV (emotion,pixels[,Usage]; .csv or .csv.gz) or a folder holding "
+    "fer2013.csv or icml_face_data.csv (Kaggle's FER2013), train.csv/val.csv/test.csv, or a "
+    "single CSV made by `python -m fer_lightning.data prepare`; a FER+ label file "
+    "(fer2013new.csv) is checked against the fer2013.csv beside it."
+)
 
 
 @dataclass
@@ -61,7 +68,7 @@ def find_csv_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.exists():
-        raise DatasetNotFoundError(f"{path}: no such file or folder.")
+        raise DatasetNotFoundError(f"{path}: no such file or folder. {LOOKED_FOR}")
     for name in USAGE_FILES:
         found = _with_gz(path, name)
         if found is not None:

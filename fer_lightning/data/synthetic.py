@@ -11,18 +11,32 @@ path (``data=ferplus``) runs offline too.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from fer_lightning.data.csv_reader import USAGE_NAMES
+from fer_lightning.data.csv_reader import USAGE_NAMES, read_head
 from fer_lightning.data.csv_writer import write_atomically, write_face_csv
 from fer_lightning.labels import EMOTIONS, FACE_SIZE, FERPLUS_EMOTIONS
 
-SYNTHETIC_VERSION = 2  # bump when the drawing changes, so cached CSVs are regenerated
+SYNTHETIC_VERSION = 3  # bump when the drawing changes, so cached CSVs are regenerated
 _CANVAS = 96  # drawn at twice the size, then area-downsampled: anti-aliased strokes
 _SHIFT = 4  # fixed-point bits for cv2 drawing at sub-pixel positions
+# The column the generated face CSVs carry ("true" on every row), so that synthetic faces are
+# recognised wherever a configuration points at them (the face reader ignores it).
+SYNTHETIC_COLUMN = "synthetic"
+
+
+def has_synthetic_marker(path: str | Path) -> bool:
+    """Whether the face CSV ``path`` was generated here (its header has the marker column)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    head = read_head(path)
+    first = head.split(b"\n", 1)[0].decode("utf-8", "replace")
+    return SYNTHETIC_COLUMN in [n.strip().strip('"').strip().lower() for n in first.split(",")]
 
 
 def _pt(x: float, y: float) -> tuple[int, int]:
@@ -40,83 +54,126 @@ def _curve(cx: float, cy: float, half_w: float, bend: float, n: int = 9) -> list
     return [(cx + x * half_w, cy + bend * (1 - x * x)) for x in xs]
 
 
+@dataclass
+class Head:
+    """Where one face is drawn on the canvas, and its colours and strokes."""
+
+    cx: float
+    cy: float
+    a: float  # half width
+    b: float  # half height
+    background: float
+    skin: float
+    ink: float
+    thick: int
+    k: float  # expression intensity
+
+
+@dataclass
+class Expression:
+    """The features an emotion moves (neutral: the defaults)."""
+
+    eye_open: float = 0.55  # eye height / width
+    brow_lift: float = 0.0  # whole brow up (pixels, negative = down)
+    brow_tilt: float = 0.0  # inner end up (+) or down (-), pixels
+    brow_arch: float = 0.0
+    mouth: str = "line"
+    bend: float = 0.0
+
+
 def draw_face(label: int, rng: np.random.Generator) -> np.ndarray:
     """One face showing ``label`` (FER order): (48, 48) uint8."""
-    s = _CANVAS
+    head = _random_head(rng)
+    img = np.full((_CANVAS, _CANVAS), head.background, dtype=np.float32)
+    cv2.ellipse(
+        img,
+        _pt(head.cx, head.cy),
+        _pt(head.a, head.b),
+        0,
+        0,
+        360,
+        head.skin,
+        -1,
+        cv2.LINE_AA,
+        _SHIFT,
+    )
+    expression = _expression(EMOTIONS[label], head)
+    eye_w = 0.16 * head.a * rng.uniform(0.9, 1.1)
+    mouth_w = 0.3 * head.a * rng.uniform(0.9, 1.1)
+    _draw_eyes_and_brows(img, head, expression, eye_w)
+    _draw_mouth(img, head, expression, mouth_w, rng)
+    # The nose, the same for everyone.
+    cx, cy, a, b = head.cx, head.cy, head.a, head.b
+    _poly(
+        img, [(cx, cy - 0.05 * b), (cx - 0.05 * a, cy + 0.2 * b), (cx, cy + 0.22 * b)], head.ink, 1
+    )
+    return _photograph(img, head, rng)
+
+
+def _random_head(rng: np.random.Generator) -> Head:
     background = rng.uniform(0, 255)
     skin = rng.uniform(110, 235)
-    img = np.full((s, s), background, dtype=np.float32)
-    a = rng.uniform(27, 34)  # half width of the head
+    a = rng.uniform(27, 34)
     b = a * rng.uniform(1.12, 1.32)
-    cx, cy = s / 2 + rng.uniform(-5, 5), s / 2 + rng.uniform(-3, 5)
-    cv2.ellipse(img, _pt(cx, cy), _pt(a, b), 0, 0, 360, skin, -1, cv2.LINE_AA, _SHIFT)
+    cx, cy = _CANVAS / 2 + rng.uniform(-5, 5), _CANVAS / 2 + rng.uniform(-3, 5)
     ink = skin - rng.uniform(75, 110)
     thick = int(rng.integers(3, 5))
-    k = rng.uniform(0.8, 1.2)  # expression intensity
-    eye_y, eye_dx = cy - 0.22 * b, 0.38 * a
-    eye_w = 0.16 * a * rng.uniform(0.9, 1.1)
-    brow_y, brow_w = eye_y - 0.24 * b, 0.2 * a
-    mouth_y, mouth_w = cy + 0.47 * b, 0.3 * a * rng.uniform(0.9, 1.1)
+    k = rng.uniform(0.8, 1.2)
+    return Head(cx, cy, a, b, background, skin, ink, thick, k)
 
-    # Defaults (neutral), then each expression changes some of them.
-    eye_open = 0.55  # eye height / width
-    brow_lift = 0.0  # whole brow up (pixels, negative = down)
-    brow_tilt = 0.0  # inner end up (+) or down (-), pixels
-    brow_arch = 0.0
-    mouth = "line"
-    bend = 0.0
-    emotion = EMOTIONS[label]
+
+def _expression(emotion: str, head: Head) -> Expression:
+    a, k = head.a, head.k
     if emotion == "happy":
-        mouth, bend, eye_open = "curve", 0.28 * a * k, 0.4
-    elif emotion == "sad":
-        mouth, bend, brow_tilt = "curve", -0.22 * a * k, 0.18 * a * k
-    elif emotion == "angry":
-        brow_lift, brow_tilt, eye_open = -0.06 * a, -0.3 * a * k, 0.35
-        mouth, bend = "line", 0.0
-    elif emotion == "surprise":
-        brow_lift, brow_arch, eye_open = 0.2 * a * k, 0.1 * a, 1.0
-        mouth = "round"
-    elif emotion == "fear":
-        brow_lift, brow_tilt, eye_open = 0.12 * a * k, 0.16 * a * k, 0.9
-        mouth = "stretched"
-    elif emotion == "disgust":
-        brow_lift, brow_tilt, eye_open = -0.08 * a, 0.0, 0.3
-        mouth = "sneer"
-
-    for side in (-1.0, 1.0):
-        ex = cx + side * eye_dx
-        cv2.ellipse(
-            img,
-            _pt(ex, eye_y),
-            _pt(eye_w, max(eye_w * eye_open, 1.0)),
-            0,
-            0,
-            360,
-            ink,
-            -1,
-            cv2.LINE_AA,
-            _SHIFT,
+        return Expression(eye_open=0.4, mouth="curve", bend=0.28 * a * k)
+    if emotion == "sad":
+        return Expression(brow_tilt=0.18 * a * k, mouth="curve", bend=-0.22 * a * k)
+    if emotion == "angry":
+        return Expression(eye_open=0.35, brow_lift=-0.06 * a, brow_tilt=-0.3 * a * k)
+    if emotion == "surprise":
+        return Expression(eye_open=1.0, brow_lift=0.2 * a * k, brow_arch=0.1 * a, mouth="round")
+    if emotion == "fear":
+        return Expression(
+            eye_open=0.9, brow_lift=0.12 * a * k, brow_tilt=0.16 * a * k, mouth="stretched"
         )
+    if emotion == "disgust":
+        return Expression(eye_open=0.3, brow_lift=-0.08 * a, mouth="sneer")
+    return Expression()
+
+
+def _draw_eyes_and_brows(img: np.ndarray, head: Head, expr: Expression, eye_w: float) -> None:
+    eye_y, eye_dx = head.cy - 0.22 * head.b, 0.38 * head.a
+    brow_y, brow_w = eye_y - 0.24 * head.b, 0.2 * head.a
+    for side in (-1.0, 1.0):
+        ex = head.cx + side * eye_dx
+        axes = _pt(eye_w, max(eye_w * expr.eye_open, 1.0))
+        cv2.ellipse(img, _pt(ex, eye_y), axes, 0, 0, 360, head.ink, -1, cv2.LINE_AA, _SHIFT)
         inner, outer = ex - side * brow_w, ex + side * brow_w
-        y0 = brow_y - brow_lift
+        y0 = brow_y - expr.brow_lift
         brow = [
-            (inner, y0 - brow_tilt),
-            (ex, y0 - brow_arch - brow_tilt / 2),
+            (inner, y0 - expr.brow_tilt),
+            (ex, y0 - expr.brow_arch - expr.brow_tilt / 2),
             (outer, y0),
         ]
-        _poly(img, brow, ink, thick)
+        _poly(img, brow, head.ink, head.thick)
 
-    if mouth == "line":
+
+def _draw_mouth(
+    img: np.ndarray, head: Head, expr: Expression, mouth_w: float, rng: np.random.Generator
+) -> None:
+    cx, cy, a, b, k, ink, thick = head.cx, head.cy, head.a, head.b, head.k, head.ink, head.thick
+    mouth_y = cy + 0.47 * b
+    if expr.mouth == "line":
         _poly(img, [(cx - mouth_w, mouth_y), (cx + mouth_w, mouth_y)], ink, thick)
-    elif mouth == "curve":
-        _poly(img, _curve(cx, mouth_y - bend / 2, mouth_w, bend), ink, thick)
-    elif mouth == "round":
+    elif expr.mouth == "curve":
+        _poly(img, _curve(cx, mouth_y - expr.bend / 2, mouth_w, expr.bend), ink, thick)
+    elif expr.mouth == "round":
         axes = _pt(0.5 * mouth_w, 0.65 * mouth_w * k)
         cv2.ellipse(img, _pt(cx, mouth_y), axes, 0, 0, 360, ink, -1, cv2.LINE_AA, _SHIFT)
-    elif mouth == "stretched":
+    elif expr.mouth == "stretched":
         axes = _pt(1.3 * mouth_w, 0.25 * mouth_w * k + 1.0)
         cv2.ellipse(img, _pt(cx, mouth_y), axes, 0, 0, 360, ink, -1, cv2.LINE_AA, _SHIFT)
-    elif mouth == "sneer":
+    elif expr.mouth == "sneer":
         # Upper lip raised on one side, and wrinkles across the bridge of the nose.
         side = rng.choice((-1.0, 1.0))
         lip = [
@@ -129,12 +186,15 @@ def draw_face(label: int, rng: np.random.Generator) -> np.ndarray:
         for j in range(3):
             wy = cy - 0.04 * b + j * 0.07 * b
             _poly(img, [(cx - 0.12 * a, wy), (cx + 0.12 * a, wy)], ink, max(thick - 1, 1))
-    # The nose, the same for everyone.
-    _poly(img, [(cx, cy - 0.05 * b), (cx - 0.05 * a, cy + 0.2 * b), (cx, cy + 0.22 * b)], ink, 1)
 
+
+def _photograph(img: np.ndarray, head: Head, rng: np.random.Generator) -> np.ndarray:
+    """Rotate, downsample to 48x48, light, blur and add noise: the canvas as a camera sees it."""
     angle = rng.uniform(-10, 10)
-    matrix = cv2.getRotationMatrix2D((cx, cy), angle, 1.0)
-    img = cv2.warpAffine(img, matrix, (s, s), flags=cv2.INTER_LINEAR, borderValue=background)
+    matrix = cv2.getRotationMatrix2D((head.cx, head.cy), angle, 1.0)
+    img = cv2.warpAffine(
+        img, matrix, (_CANVAS, _CANVAS), flags=cv2.INTER_LINEAR, borderValue=head.background
+    )
     img = cv2.resize(img, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA)
     # Lighting: a linear gradient in a random direction.
     theta = rng.uniform(0, 2 * np.pi)
@@ -208,7 +268,11 @@ def generate_synthetic_csv(
     if path.is_file():
         return path
     faces, labels, usage = make_splits(train_per_class, val_per_class, test_per_class, seed)
-    return write_face_csv(path, faces, labels, usage)
+    return write_face_csv(path, faces, labels, usage, _marker(labels.size))
+
+
+def _marker(rows: int) -> dict[str, list[str]]:
+    return {SYNTHETIC_COLUMN: ["true"] * rows}
 
 
 # ---------------------------------------------------------------------------- FER+ votes
@@ -292,5 +356,5 @@ def generate_synthetic_ferplus(
     faces, labels, usage = make_splits(train_per_class, val_per_class, test_per_class, seed)
     votes, has_image = ferplus_votes(labels, np.random.default_rng([seed, 99]))
     folder = Path(folder)
-    pixels = write_face_csv(folder / "fer2013.csv", faces, labels, usage)
+    pixels = write_face_csv(folder / "fer2013.csv", faces, labels, usage, _marker(labels.size))
     return pixels, write_ferplus_csv(folder / "fer2013new.csv", votes, has_image, usage)

@@ -22,7 +22,7 @@ SMALL = {"train_per_class": 6, "val_per_class": 3, "test_per_class": 2, "seed": 
 def synthetic_dm(tmp_path):
     dm = FERDataModule(
         "synthetic",
-        str(tmp_path),
+        root=str(tmp_path),
         batch_size=10,
         num_workers=0,
         input_size=64,
@@ -63,7 +63,7 @@ def test_augmentation_changes_train_batches_not_validation(synthetic_dm):
     val_b, _ = dm.val_set.__getitems__(idx)
     assert torch.equal(val_a, val_b)
     # Validation faces are exactly the parsed CSV rows; training faces without augment too.
-    plain = FERDataModule("synthetic", dm.root, num_workers=0, augment={}, synthetic=SMALL)
+    plain = FERDataModule("synthetic", root=dm.root, num_workers=0, augment={}, synthetic=SMALL)
     plain.setup("fit")
     raw_train, _ = plain.train_set.__getitems__(idx)
     assert torch.equal(raw_train, plain.train_set.__getitems__(idx)[0])
@@ -87,7 +87,7 @@ def test_class_counts_and_weights(tmp_path, caplog):
     usage = ["Training"] * 30
     usage[-2:] = ["PublicTest", "PrivateTest"]
     write(tmp_path / "fer2013" / "fer2013.csv", csv_text(faces, labels, usage))
-    dm = FERDataModule("fer2013", str(tmp_path), num_workers=0, input_size=32)
+    dm = FERDataModule("fer2013", root=str(tmp_path), num_workers=0, input_size=32)
     dm.setup("fit")
     counts = dm.class_counts()
     assert counts.dtype == torch.int64
@@ -108,7 +108,7 @@ def test_balanced_sampler_evens_out_classes(tmp_path):
     write(tmp_path / "fer2013.csv", csv_text(faces, labels, usage))
     dm = FERDataModule(
         "fer2013",
-        str(tmp_path),
+        root=str(tmp_path),
         fer2013="fer2013.csv",
         batch_size=59,
         num_workers=0,
@@ -136,7 +136,7 @@ def test_fer2013_faces_jaffe_trains_on_all_three(tmp_path):
         tmp_path / "jaffe" / "jaffe.csv",
         csv_text(jaffe_faces, jaffe_labels, None, ("emotion", "pixels")),
     )
-    dm = FERDataModule("fer2013_faces_jaffe", str(tmp_path), num_workers=0, augment={})
+    dm = FERDataModule("fer2013_faces_jaffe", root=str(tmp_path), num_workers=0, augment={})
     dm.setup("fit")
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (15, 3, 3)
     got, _ = dm.train_set.__getitems__(list(range(15)))
@@ -145,24 +145,46 @@ def test_fer2013_faces_jaffe_trains_on_all_three(tmp_path):
     assert np.array_equal(dm.test_set.__getitems__([0, 1, 2])[0].numpy(), faces[9:])
 
 
-def test_missing_dataset_message(tmp_path):
-    dm = FERDataModule("fer2013", str(tmp_path / "data"), num_workers=0)
+@pytest.mark.parametrize(
+    ("dataset", "expected"),
+    [
+        ("fer2013", ["fer2013.csv", "icml_face_data.csv", "Kaggle"]),
+        # Everything FER+ needs in the first message: both files, where from, where they go.
+        ("ferplus", ["fer2013new.csv", "github.com/microsoft/FERPlus", "same folder", "Kaggle"]),
+        # Each dataset's own message; SRC is said to be the original archive's images.
+        ("jaffe", ["JAFFE", "prepare jaffe SRC", "SRC is the folder of the archive's TIFF"]),
+        ("faces", ["FACES", "prepare faces SRC", "SRC is the folder of its JPEGs"]),
+    ],
+)
+def test_missing_dataset_messages_say_what_each_dataset_needs(tmp_path, dataset, expected):
+    dm = FERDataModule(dataset, root=str(tmp_path / "data"), num_workers=0)
     with pytest.raises(DatasetNotFoundError) as err:
-        dm.setup("fit")
+        dm.prepare_data()
     message = str(err.value)
-    assert str(tmp_path / "data" / "fer2013") in message
-    assert "Kaggle" in message and "fer2013.csv" in message and "data=synthetic" in message
+    assert str(tmp_path / "data") in message
+    for words in expected:
+        assert words in message, words
+    # The offline hint leads to the few-minute demo, not to data=synthetic's 224 px RMN.
+    assert "experiment=demo" in message and "ResNet-18 at 64 px" in message
+    if dataset != "jaffe":
+        assert "fer2013.csv, icml_face_data.csv, train.csv" not in message  # FER2013's words
+
+
+def test_missing_extra_datasets_and_label_file_name_themselves(tmp_path):
     write(
         tmp_path / "data" / "fer2013" / "fer2013.csv", csv_text(*random_faces(3), ["Training"] * 3)
     )
-    dm = FERDataModule("fer2013_faces_jaffe", str(tmp_path / "data"), num_workers=0)
-    with pytest.raises(DatasetNotFoundError, match=r"(?s)faces dataset not found.*prepare faces"):
+    dm = FERDataModule("fer2013_faces_jaffe", root=str(tmp_path / "data"), num_workers=0)
+    with pytest.raises(DatasetNotFoundError, match=r"(?s)FACES not found.*prepare faces SRC"):
         dm.setup("fit")
+    dm = FERDataModule("ferplus", root=str(tmp_path / "data"), num_workers=0)
+    with pytest.raises(DatasetNotFoundError, match=r"(?s)fer2013new.csv.*microsoft/FERPlus"):
+        dm.prepare_data()
 
 
 def test_fer2013_without_validation_rows_is_an_error(tmp_path):
     write(tmp_path / "fer2013.csv", csv_text(*random_faces(3), ["Training"] * 3))
-    dm = FERDataModule("fer2013", str(tmp_path), fer2013="fer2013.csv", num_workers=0)
+    dm = FERDataModule("fer2013", root=str(tmp_path), fer2013="fer2013.csv", num_workers=0)
     with pytest.raises(ValueError, match="no val split"):
         dm.setup("fit")
 
@@ -193,8 +215,8 @@ def test_synthetic_generation_is_deterministic_and_balanced(tmp_path):
     assert a.read_bytes() == b.read_bytes() != c.read_bytes()
     # Changing the training size leaves the validation images as they were.
     d = make(tmp_path / "d", 4, seed=5)
-    val_rows = lambda p: [ln for ln in p.read_text().splitlines() if ln.endswith("PublicTest")]  # noqa: E731
-    assert val_rows(a) == val_rows(d)
+    val_rows = lambda p: [ln for ln in p.read_text().splitlines() if ",PublicTest," in ln]  # noqa: E731
+    assert val_rows(a) == val_rows(d) and len(val_rows(a)) == 7
 
 
 def test_synthetic_classes_differ_by_expression_not_brightness():
@@ -213,7 +235,9 @@ def test_synthetic_classes_differ_by_expression_not_brightness():
     ("kwargs", "match"),
     [
         ({"input_size": 100}, "multiple of 32"),
-        ({"dataset": "ckplus"}, "data.dataset"),
+        ({"source": "ckplus"}, "data.dataset must be one of"),
+        ({"dataset": "fer2013"}, "data.dataset=fer2013, but data.source reads synthetic"),
+        ({"fer2031": "x"}, "data.fer2031: not a setting of data=synthetic"),
         ({"on_bad_row": "ignore"}, "on_bad_row"),
         ({"augment": {"Rotate": {"limit": 30, "value": 0}}}, "augment.Rotate"),
         ({"augment": {"Twirl": {}}}, "not an albumentations transform"),
@@ -222,7 +246,7 @@ def test_synthetic_classes_differ_by_expression_not_brightness():
 )
 def test_bad_settings_fail_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        FERDataModule(**{"dataset": "synthetic", "root": "unused", **kwargs})
+        FERDataModule(**{"source": "synthetic", "root": "unused", "synthetic": SMALL, **kwargs})
 
 
 def test_hydra_configs_instantiate(tmp_path):
@@ -289,7 +313,7 @@ class _TinyClassifier(pl.LightningModule):
 def test_ddp_spawn_two_cpu_processes(tmp_path):
     dm = FERDataModule(
         "synthetic",
-        str(tmp_path),
+        root=str(tmp_path),
         batch_size=16,
         num_workers=1,
         persistent_workers=True,
@@ -313,7 +337,7 @@ def test_ddp_spawn_two_cpu_processes(tmp_path):
 def test_batch_larger_than_the_training_set_with_drop_last_is_refused(tmp_path):
     dm = FERDataModule(
         "synthetic",
-        str(tmp_path),
+        root=str(tmp_path),
         batch_size=500,
         num_workers=0,
         drop_last=True,
@@ -321,3 +345,18 @@ def test_batch_larger_than_the_training_set_with_drop_last_is_refused(tmp_path):
     )
     with pytest.raises(DatasetError, match=r"data.batch_size=500 is larger than the 42 training"):
         dm.setup("fit")
+
+
+def test_is_synthetic_says_whether_the_faces_are_the_generated_ones(tmp_path):
+    """The flag training records: data=synthetic, and the FER+-format synthetic files wherever
+    data.fer2013 points; a real-format file is not synthetic."""
+    from fer_lightning.data.synthetic import generate_synthetic_ferplus
+
+    assert FERDataModule("synthetic", root=str(tmp_path), synthetic=SMALL).is_synthetic
+    generate_synthetic_ferplus(tmp_path / "ferplus_synthetic", **SMALL)
+    dm = FERDataModule("ferplus", root=str(tmp_path), fer2013="ferplus_synthetic")
+    assert dm.is_synthetic and dm.dataset == "ferplus"
+    synthetic_csv = generate_synthetic_csv(tmp_path / "s", **SMALL)
+    assert FERDataModule("fer2013", root=str(tmp_path), fer2013=str(synthetic_csv)).is_synthetic
+    write(tmp_path / "fer2013" / "fer2013.csv", csv_text(*random_faces(3), ["Training"] * 3))
+    assert not FERDataModule("fer2013", root=str(tmp_path)).is_synthetic

@@ -12,7 +12,7 @@ import pytest
 from fer_lightning.data.cache import load_table
 from fer_lightning.data.csv_reader import read_face_csv
 from fer_lightning.data.errors import DatasetError, DatasetNotFoundError
-from fer_lightning.data.sources import load_splits
+from fer_lightning.data.layouts import load_splits
 from tests.helpers.data import csv_text, random_faces, usage_column, write
 
 N = 9

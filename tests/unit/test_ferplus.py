@@ -81,7 +81,7 @@ def ferplus_root(tmp_path):
 
 def datamodule(root, mode="majority", **kwargs) -> FERDataModule:
     dm = FERDataModule(
-        "ferplus", str(root), num_workers=0, augment={}, ferplus={"labels": mode}, **kwargs
+        "ferplus", root=str(root), num_workers=0, augment={}, ferplus={"labels": mode}, **kwargs
     )
     dm.setup("fit")
     return dm
@@ -163,7 +163,7 @@ def test_majority_mode_targets_and_dropped_rows(ferplus_root):
     assert labels.tolist() == list(KEPT_MAJORITY.values())
     expected_faces = random_faces(len(ROWS))[0][list(KEPT_MAJORITY)]
     assert np.array_equal(faces.numpy(), expected_faces)  # the right images with the labels
-    assert dm.ferplus_report["train"] == {
+    assert dm.source.report["train"] == {
         "rows": 8,
         "kept": 3,
         "dropped": {NO_IMAGE: 1, UNKNOWN: 1, NO_MAJORITY: 3},
@@ -176,7 +176,7 @@ def test_validation_and_test_always_use_majority_labels(ferplus_root, mode):
     dm = datamodule(ferplus_root, mode)
     assert all_items(dm.val_set)[1].tolist() == [7, 2]  # contempt, surprise
     assert all_items(dm.test_set)[1].tolist() == [5]  # disgust; the tie is dropped
-    assert dm.ferplus_report["test"]["dropped"] == {NO_MAJORITY: 1}
+    assert dm.source.report["test"]["dropped"] == {NO_MAJORITY: 1}
 
 
 def test_crossentropy_mode_gives_the_vote_distributions(ferplus_root):
@@ -185,7 +185,7 @@ def test_crossentropy_mode_gives_the_vote_distributions(ferplus_root):
     assert targets.dtype == torch.float32 and targets.shape == (4, 8)
     expected = torch.tensor(list(DISTRIBUTIONS.values()), dtype=torch.float32)
     assert torch.allclose(targets, expected)
-    assert dm.ferplus_report["train"]["dropped"] == {NO_IMAGE: 1, UNKNOWN: 1, SPREAD: 2}
+    assert dm.source.report["train"]["dropped"] == {NO_IMAGE: 1, UNKNOWN: 1, SPREAD: 2}
     # Class counts (and so class weights and balanced sampling) use each row's largest class.
     assert dm.class_counts().tolist() == [2, 1, 0, 1, 0, 0, 0, 0]
 
@@ -247,9 +247,9 @@ def test_ferplus_config_gives_the_model_eight_named_classes(tmp_path):
 
 def test_mismatched_class_settings_are_refused():
     with pytest.raises(ValueError, match=r"data\.num_classes=7, but the ferplus data have 8"):
-        FERDataModule("ferplus", "unused", num_classes=7)
+        FERDataModule("ferplus", root="unused", num_classes=7)
     with pytest.raises(ValueError, match=r"data\.ferplus\.labels must be one of"):
-        FERDataModule("ferplus", "unused", ferplus={"labels": "soft"})
+        FERDataModule("ferplus", root="unused", ferplus={"labels": "soft"})
     with pytest.raises(ValueError, match="label_names has 7 names for 8 classes"):
         FERClassifier(arch="resnet18", num_classes=8, label_names=["a"] * 7)
 

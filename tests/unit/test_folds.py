@@ -91,7 +91,7 @@ def test_the_advice_for_too_many_folds_is_a_setting_that_works(people):
             rows = fold_rows(subjects, folds, 0)
             assert all(r.size for r in rows.values())
     with pytest.raises(ValueError, match=r"data\.fold=10 is outside 0\.\.9"):
-        FERDataModule("jaffe", "unused", fold=10, folds=10)
+        FERDataModule("jaffe", root="unused", fold=10, folds=10)
 
 
 def test_jaffe_datamodule_folds_split_the_faces_by_person(tmp_path):
@@ -100,10 +100,16 @@ def test_jaffe_datamodule_folds_split_the_faces_by_person(tmp_path):
     tested = []
     for fold in range(12):  # leave-one-subject-out
         dm = FERDataModule(
-            "jaffe", str(tmp_path), fold=fold, folds=12, num_workers=0, augment={}, input_size=64
+            "jaffe",
+            root=str(tmp_path),
+            fold=fold,
+            folds=12,
+            num_workers=0,
+            augment={},
+            input_size=64,
         )
         dm.setup("fit")
-        people = dm.fold_subjects
+        people = dm.source.fold_subjects
         assert len(people["test"]) == 1 and len(people["val"]) == 1
         assert not set(people["train"]) & (set(people["test"]) | set(people["val"]))
         for split in ("train", "val", "test"):
@@ -117,7 +123,7 @@ def test_jaffe_datamodule_folds_split_the_faces_by_person(tmp_path):
 
 def test_faces_dataset_and_configs(tmp_path):
     subject_csv(tmp_path / "faces" / "faces.csv", SUBJECTS)
-    dm = FERDataModule("faces", str(tmp_path), fold=2, folds=3, num_workers=0, augment={})
+    dm = FERDataModule("faces", root=str(tmp_path), fold=2, folds=3, num_workers=0, augment={})
     dm.setup("fit")
     assert len(dm.train_set) + len(dm.val_set) + len(dm.test_set) == len(SUBJECTS)
     cfg = compose_train(tmp_path, ["experiment=jaffe_cv"])
@@ -129,7 +135,7 @@ def test_faces_dataset_and_configs(tmp_path):
 
 def test_a_file_without_subjects_is_refused(tmp_path):
     write(tmp_path / "jaffe" / "jaffe.csv", csv_text(*random_faces(6), None, ("emotion", "pixels")))
-    dm = FERDataModule("jaffe", str(tmp_path), folds=3, num_workers=0)
+    dm = FERDataModule("jaffe", root=str(tmp_path), folds=3, num_workers=0)
     with pytest.raises(DatasetError) as err:
         dm.setup("fit")
     assert "jaffe.csv: no 'subject' column" in str(err.value)
@@ -161,7 +167,7 @@ def test_faces_and_jaffe_in_training_leave_fer2013_validation_and_test_alone(tmp
     subject_csv(tmp_path / "jaffe" / "jaffe.csv", SUBJECTS[:7])
     sets = {}
     for dataset in ("fer2013", "fer2013_faces_jaffe"):
-        dm = FERDataModule(dataset, str(tmp_path), num_workers=0, augment={})
+        dm = FERDataModule(dataset, root=str(tmp_path), num_workers=0, augment={})
         dm.setup("fit")
         sets[dataset] = dm
     alone, mixed = sets["fer2013"], sets["fer2013_faces_jaffe"]

@@ -7,11 +7,18 @@ run folder receives results.json, confusion_matrix.png, per_class.png and curves
 
 The run folder is ``outputs/train/<experiment or model>/<date>_<time>/`` (``_2``, ``_3``... for
 runs started in the same second). It also gets ``config_tree.txt`` (the composed configuration,
-printed at the start) and ``train.log`` (the key choices, one line per epoch, the test, the
-summary). A run that fails leaves ``FAILED`` (the error and its traceback) and a results.json
-with ``"status": "failed"``. ``ckpt_path=last`` (or the path of a checkpoint inside an earlier
-run folder) continues in that folder, so that its ModelCheckpoint keeps tracking the best
-checkpoint of the whole run.
+printed at the start), ``train.log`` (the key choices, one line per epoch, the test, the
+summary), ``checkpoints/best.ckpt`` and ``checkpoints/last.ckpt``, and ``model.pt`` (the tested
+network in the published format).
+
+A command is checked before its work starts (the trackers it names, the checkpoint it resumes,
+the dataset, the model); a command refused there writes nothing: the run folder Hydra made for
+it is removed (:func:`~fer_lightning.cli.run_folders.discard_run_folder_if_refused`). A run that
+fails after it started leaves ``FAILED`` (the error and its traceback) and a results.json with
+``"status": "failed"`` in its own folder. ``ckpt_path=last`` (the newest last.ckpt of the same
+experiment) or the path of a checkpoint inside an earlier run folder continues in that folder
+(conf/hydra/train.yaml), so that its ModelCheckpoint keeps tracking the best checkpoint of the
+whole run.
 """
 
 from __future__ import annotations
@@ -21,32 +28,35 @@ import math
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
-from fer_lightning.cli.config import CONFIG_DIR, hydra_entry
+from fer_lightning.cli.config import hydra_entry
 from fer_lightning.cli.errors import USER_ERRORS, UserError, instantiate
 from fer_lightning.cli.run_folders import (
     FAILED_MARKER,
-    newest_last_checkpoint,
-    quote_override,
-    run_folder_of,
+    discard_run_folder_if_refused,
+    resume_checkpoint,
 )
 from fer_lightning.models.checkpoints import load_model, read_checkpoint
+from fer_lightning.models.provenance import TRAINED_HERE, ModelProvenance
 from fer_lightning.runtime import lightning_precision, resolve_device
 from fer_lightning.training.callbacks import EpochHistory
-from fer_lightning.training.checkpoint_io import check_resume_checkpoint
+from fer_lightning.training.checkpoint_io import ResumeTarget, check_resume_checkpoint
 from fer_lightning.training.console import config_tree, silence_lightning_tips
 from fer_lightning.training.evaluate import evaluate_network
 from fer_lightning.training.module import FERClassifier
 from fer_lightning.training.reporting import (
+    best_epoch,
     class_names,
     confusion_matrix_figure,
     confusion_title,
@@ -70,30 +80,76 @@ def instantiate_callbacks(cfg: DictConfig, with_logger: bool) -> list[pl.Callbac
     return callbacks
 
 
+# Trackers that need an optional package: the class -> the project's extra that installs it.
+TRACKER_EXTRAS = {"MLFlowLogger": "mlflow", "WandbLogger": "wandb"}
+
+
 def instantiate_loggers(cfg: DictConfig) -> list[pl.loggers.Logger]:
-    return [
-        instantiate(logger_cfg)
-        for logger_cfg in (cfg.get("logger") or {}).values()
-        if isinstance(logger_cfg, DictConfig) and "_target_" in logger_cfg
-    ]
+    """The configured trackers; a missing tracker package is a one-line :class:`UserError` that
+    names the project's extra (not Lightning's bare ``pip install`` hint)."""
+    loggers = []
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
+        if not (isinstance(logger_cfg, DictConfig) and "_target_" in logger_cfg):
+            continue
+        try:
+            loggers.append(instantiate(logger_cfg))
+        except InstantiationException as error:
+            if not isinstance(error.__cause__, ImportError):
+                raise
+            extra = TRACKER_EXTRAS.get(str(logger_cfg._target_).rsplit(".", 1)[-1], name)
+            raise UserError(
+                f"logger={name} needs the {extra} package, which is not installed: "
+                f'pip install -e ".[{extra}]" (in a checkout of fer-lightning; else '
+                f'pip install "fer-lightning[{extra}]"), or choose another logger (logger=csv).'
+            ) from None
+    return loggers
 
 
-def resolve_ckpt_path(ckpt_path: str | None, log_dir: str) -> str | None:
-    """``last`` -> the newest ``last.ckpt`` under ``log_dir``; a path must exist."""
+def resume_target(cfg: DictConfig) -> ResumeTarget:
+    """What this run trains, as a resumed checkpoint must match it."""
+    return ResumeTarget.from_config(
+        {
+            "arch": cfg.model.arch,
+            "num_classes": cfg.model.num_classes,
+            "input_size": cfg.model.get("input_size") or cfg.data.input_size,
+            "label_names": cfg.model.get("label_names"),
+            "dataset": cfg.data.get("dataset"),
+        }
+    )
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """The checkpoint ``ckpt_path=`` resumes, checked against this run before anything is
+    written: ``last`` -> the newest ``last.ckpt`` of this experiment's runs (logged)."""
+    ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is None:
         return None
-    if ckpt_path == "last":
-        newest = newest_last_checkpoint(log_dir)
-        if newest is None:
-            raise UserError(
-                f"ckpt_path=last: no checkpoints/last.ckpt under {log_dir}. Pass the checkpoint "
-                "to resume from: ckpt_path=outputs/train/<name>/<date>_<time>/checkpoints/last.ckpt"
-            )
-        log.info("Resuming from %s", newest)
-        return str(newest)
-    if not Path(ckpt_path).is_file():
+    experiment_dir = Path(cfg.paths.log_dir) / str(cfg.run_group)
+    checkpoint = resume_checkpoint(str(ckpt_path), experiment_dir)
+    if checkpoint is None:
+        raise UserError(
+            f"ckpt_path=last: no checkpoints/last.ckpt of this experiment ({cfg.run_group}) "
+            f"under {experiment_dir}. Pass the checkpoint to resume from: "
+            f"ckpt_path={experiment_dir}/<date>_<time>/checkpoints/last.ckpt"
+        )
+    if not checkpoint.is_file():
         raise UserError(f"ckpt_path={ckpt_path}: no such checkpoint file.")
-    return ckpt_path
+    check_resume_checkpoint(checkpoint, resume_target(cfg))
+    if ckpt_path == "last":
+        log.info("Resuming from %s (the newest last.ckpt of %s)", checkpoint, cfg.run_group)
+    else:
+        log.info("Resuming from %s", checkpoint)
+    return str(checkpoint)
+
+
+def training_data_of(cfg: DictConfig, datamodule: pl.LightningDataModule) -> dict[str, Any]:
+    """``{"dataset": ..., "synthetic": bool}``: what the model learns from (saved in its
+    checkpoints, model.pt and results.json)."""
+    dataset = cfg.data.get("dataset")
+    synthetic = getattr(datamodule, "is_synthetic", None)
+    if synthetic is None:
+        synthetic = dataset == "synthetic"
+    return {"dataset": str(dataset), "synthetic": bool(synthetic)}
 
 
 def epoch_history(trainer: pl.Trainer) -> list[dict[str, float]]:
@@ -112,10 +168,11 @@ def epoch_history(trainer: pl.Trainer) -> list[dict[str, float]]:
     return state.get(EpochHistory.__qualname__, {}).get("rows", [])
 
 
-def evaluate_best(
+def test_best(
     cfg: DictConfig, trainer: pl.Trainer, datamodule: pl.LightningDataModule, model: FERClassifier
-) -> dict[str, Any]:
-    """Test the best checkpoint (or the final weights without one) on one process."""
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Test the best checkpoint (or the final weights without one) on one process: the network
+    tested and its scores."""
     checkpoint_cb = trainer.checkpoint_callback
     best = checkpoint_cb.best_model_path if checkpoint_cb else ""
     net = load_model(best) if best else model.net
@@ -150,24 +207,19 @@ def evaluate_best(
         results["test/samples"],
     )
     results["best_checkpoint"] = str(Path(best).resolve()) if best else None
-    label_names = getattr(datamodule, "label_names", None)
-    results["model_file"] = str(
-        save_published_format(
-            net,
-            Path(cfg.paths.output_dir),
-            int(cfg.data.input_size),
-            label_names and list(label_names),
-        )
-    )
-    return results
+    return net, results
 
 
 def save_published_format(
-    net: torch.nn.Module, run_dir: Path, input_size: int, label_names: list[str] | None
+    net: torch.nn.Module,
+    run_dir: Path,
+    input_size: int,
+    label_names: list[str] | None,
+    training_data: dict[str, Any] | None = None,
 ) -> Path:
     """The tested network alone as ``model.pt`` in the published format (``{"net": state}``),
-    with its architecture, input size and class names beside it: a small file that the
-    original code, fer-predict and load_model all read."""
+    with its architecture, input size, class names and training data beside it (plain values):
+    a small file that the original code, fer-predict and load_model all read."""
     path = run_dir / "model.pt"
     run_dir.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(".model.pt.partial")
@@ -175,6 +227,8 @@ def save_published_format(
     content = {"net": state, "arch": str(getattr(net, "arch", "")), "input_size": input_size}
     if label_names:
         content["label_names"] = list(label_names)
+    if training_data is not None:
+        content["training_data"] = dict(training_data)
     torch.save(content, partial)
     partial.replace(path)
     return path
@@ -197,63 +251,120 @@ def resolve_precision_setting(cfg: DictConfig) -> None:
     log.info("Precision %s on %s (trainer.precision=%s)", cfg.trainer.precision, device, requested)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, then test the best checkpoint; returns the results written to results.json."""
+@dataclass
+class TrainingJob:
+    """Everything a run needs, built and checked before anything is written."""
+
+    datamodule: pl.LightningDataModule
+    model: FERClassifier
+    trainer: pl.Trainer
+    loggers: list[pl.loggers.Logger]
+    ckpt_path: str | None
+
+
+def prepare_training(cfg: DictConfig) -> TrainingJob:
+    """Build the run and check it (the trackers, the checkpoint to resume, the dataset, the
+    model) without writing into the run folder: whatever is refused here leaves no trace."""
     silence_lightning_tips()
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")  # TF32 on Ampere+ GPUs; no effect on CPUs
     resolve_precision_setting(cfg)
     show_config(cfg)
+    ckpt_path = resolve_ckpt_path(cfg)
+    loggers = instantiate_loggers(cfg)
+    callbacks = instantiate_callbacks(cfg, with_logger=bool(loggers))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     # The data are looked for (and parsed into the cache) before any weights are downloaded,
     # so that a missing dataset is the first thing a user hears about.
     datamodule.prepare_data()
-    model: FERClassifier = instantiate(cfg.model, _recursive_=False)
-    loggers = instantiate_loggers(cfg)
-    callbacks = instantiate_callbacks(cfg, with_logger=bool(loggers))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    model: FERClassifier = instantiate(
+        cfg.model, _recursive_=False, training_data=training_data_of(cfg, datamodule)
+    )
+    return TrainingJob(datamodule, model, trainer, loggers, ckpt_path)
+
+
+def start_run(cfg: DictConfig, job: TrainingJob) -> None:
+    """The run begins: its folder gets config_tree.txt (an earlier FAILED marker of a resumed
+    run goes: it is running again), and the trackers the configuration."""
+    if rank_zero_only.rank == 0:
+        run_dir = Path(cfg.paths.output_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / FAILED_MARKER).unlink(missing_ok=True)
+        (run_dir / "config_tree.txt").write_text(configuration_tree(cfg), encoding="utf-8")
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    for logger in loggers:
+    for logger in job.loggers:
         logger.log_hyperparams({"config": resolved})
 
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir)
-    if ckpt_path is not None:
-        check_resume_checkpoint(ckpt_path, str(cfg.model.arch), int(cfg.model.num_classes))
+
+def fit_and_test(cfg: DictConfig, job: TrainingJob) -> dict[str, Any]:
+    """Fit, then test the best checkpoint and save it as model.pt; returns the results written
+    to results.json."""
+    trainer, model = job.trainer, job.model
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(model, datamodule=job.datamodule, ckpt_path=job.ckpt_path)
     if not trainer.is_global_zero:
         return {}
-
+    run_dir = Path(cfg.paths.output_dir)
+    training_data = model.hparams.get("training_data")
     results: dict[str, Any] = {
         "status": "completed",
         "model": cfg.model.arch,
         "seed": cfg.get("seed"),
         "epochs_trained": int(trainer.current_epoch),
         "precision": str(trainer.precision),
+        "training_data": training_data,
     }
-    if cfg.get("test", True):
-        results.update(evaluate_best(cfg, trainer, datamodule, model))
     history = epoch_history(trainer)
+    if cfg.get("test", True):
+        net, scores = test_best(cfg, trainer, job.datamodule, model)
+        results.update(scores)
+        label_names = getattr(job.datamodule, "label_names", None)
+        results["model_file"] = str(
+            save_published_format(
+                net,
+                run_dir,
+                int(cfg.data.input_size),
+                label_names and list(label_names),
+                training_data,
+            )
+        )
+        if scores.get("best_checkpoint") and best_epoch(history) is not None:
+            results["best_epoch"] = best_epoch(history)[0]
     val_accs = [row["val/acc"] for row in history if "val/acc" in row]
     if val_accs:
         results["val/acc_best"] = max(val_accs)
+    provenance = ModelProvenance(
+        arch=str(cfg.model.arch),
+        origin=TRAINED_HERE,
+        training_data=training_data,
+        path=str(results.get("model_file") or run_dir),
+    )
+    if provenance.warning:
+        results["warning"] = provenance.warning
     results["history"] = history
-    results["config"] = resolved
-    run_dir = Path(cfg.paths.output_dir)
+    results["config"] = OmegaConf.to_container(cfg, resolve=True)
     files = write_run_report(run_dir, results, history)
-    report_to_loggers(loggers, results, files)
+    report_to_loggers(job.loggers, results, files)
     log.info("Summary\n%s", format_summary(results, files))
     return results
 
 
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Prepare, fit, then test the best checkpoint; returns the results written to
+    results.json (in-process use and tests; the command is :func:`run`)."""
+    job = prepare_training(cfg)
+    start_run(cfg, job)
+    return fit_and_test(cfg, job)
+
+
 def show_config(cfg: DictConfig) -> None:
-    """Log the key choices (train.log), print the composed configuration as a tree and save it
-    as config_tree.txt in the run folder."""
+    """Log the key choices (train.log) and print the composed configuration as a tree (saved
+    as config_tree.txt once the run starts)."""
     if rank_zero_only.rank != 0:
         return
-    run_dir = Path(cfg.paths.output_dir)
-    log.info("Run folder %s", run_dir)
+    log.info("Run folder %s", cfg.paths.output_dir)
     if HydraConfig.initialized():
         runtime = HydraConfig.get().runtime
         choices = " ".join(
@@ -279,10 +390,13 @@ def show_config(cfg: DictConfig) -> None:
         cfg.get("seed"),
         cfg.get("ckpt_path"),
     )
-    tree = config_tree(OmegaConf.to_container(cfg, resolve=True), title=f"config ({run_dir})")
-    print(tree, flush=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config_tree.txt").write_text(tree, encoding="utf-8")
+    print(configuration_tree(cfg), flush=True)
+
+
+def configuration_tree(cfg: DictConfig) -> str:
+    return config_tree(
+        OmegaConf.to_container(cfg, resolve=True), title=f"config ({cfg.paths.output_dir})"
+    )
 
 
 def report_to_loggers(
@@ -350,11 +464,13 @@ def log_to_file(level: int, message: str) -> None:
 
 def run(cfg: DictConfig) -> float | None:
     """The Hydra task; returns ``cfg.optimized_metric`` for sweeps (NaN for a failed job)."""
-    if rank_zero_only.rank == 0:
-        # A resumed run is running again; it is marked anew if it fails again.
-        (Path(cfg.paths.output_dir) / FAILED_MARKER).unlink(missing_ok=True)
     try:
-        results = train(cfg)
+        job = prepare_training(cfg)
+    except BaseException as error:
+        return refuse(cfg, error)
+    try:
+        start_run(cfg, job)
+        results = fit_and_test(cfg, job)
     except USER_ERRORS as error:
         record_failure(cfg, error)
         if _is_multirun():
@@ -378,44 +494,26 @@ def run(cfg: DictConfig) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
-def resume_overrides(args: list[str]) -> list[str]:
-    """``args`` plus ``hydra.run.dir=<earlier run folder>`` when ``ckpt_path`` names ``last`` or
-    a checkpoint inside an earlier run folder, so that the resumed run continues that folder
-    (Hydra fixes the run folder before the task starts, hence here, before Hydra parses the
-    command line). Unchanged for sweeps, Hydra flags, an explicit ``hydra.run.dir`` or a
-    checkpoint outside a run folder."""
-    names = [arg.partition("=")[0].lstrip("+~") for arg in args]
-    if "ckpt_path" not in names or "hydra.run.dir" in names:
-        return args
-    if any(arg.startswith("-") for arg in args):
-        return args  # -m, --cfg, --help, ...: no single run to continue
-    from hydra import compose, initialize_config_dir
-
-    task_overrides = [a for a, n in zip(args, names, strict=True) if not n.startswith("hydra")]
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=task_overrides)
-        ckpt_path, log_dir = cfg.get("ckpt_path"), str(cfg.paths.log_dir)
-    except Exception:  # Hydra reports a bad command line itself, in a moment
-        return args
-    if ckpt_path is None:
-        return args
-    checkpoint = newest_last_checkpoint(log_dir) if ckpt_path == "last" else Path(str(ckpt_path))
-    if checkpoint is None or not checkpoint.is_file():
-        return args  # the task reports it
-    run_dir = run_folder_of(checkpoint)
-    if run_dir is None:
-        return args
-    return [*args, f"hydra.run.dir={quote_override(str(run_dir))}"]
+def refuse(cfg: DictConfig, error: BaseException) -> float:
+    """A command refused before its work started writes nothing: the run folder Hydra made for
+    it goes (a user's mistake: one line, exit 2). In a sweep, the job's folder belongs to the
+    sweep and records the failure, so that the sweep's summary lists the job."""
+    if _is_multirun():
+        interrupted = isinstance(error, KeyboardInterrupt | SystemExit)
+        record_failure(cfg, error, status="interrupted" if interrupted else "failed")
+        if interrupted or not isinstance(error, Exception):
+            raise error
+        log.error("Job refused: %s", error)
+        return math.nan
+    if rank_zero_only.rank == 0:
+        discard_run_folder_if_refused(cfg.paths.output_dir)
+    if isinstance(error, USER_ERRORS):
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    raise error
 
 
-_hydra_main = hydra_entry("train", run)
-
-
-def main() -> Any:
-    """``fer-train``: the Hydra app over conf/train.yaml (resuming in the earlier run folder)."""
-    sys.argv[1:] = resume_overrides(sys.argv[1:])
-    return _hydra_main()
+main = hydra_entry("train", run)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ whatever the training strategy, with a progress bar and ``limit_test_batches`` h
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import pytorch_lightning as pl
@@ -34,8 +35,9 @@ def evaluate_network(
     progress: bool = True,
 ) -> Predictions:
     """Softmax outputs of ``net`` over ``datamodule``'s test split (plain and, with ``tta``,
-    averaged over the 10 test-time augmentation views). ``datamodule.input_size`` is set to
-    ``input_size`` for the run. ``precision="auto"`` takes what the device runs natively."""
+    averaged over the 10 test-time augmentation views), with the faces resized to
+    ``input_size``; the caller's ``datamodule`` keeps its own ``input_size`` (a shallow copy
+    runs at the network's size). ``precision="auto"`` takes what the device runs natively."""
     module = FERClassifier(
         arch=str(getattr(net, "arch", "unknown")),
         num_classes=num_classes_of(net),
@@ -43,7 +45,9 @@ def evaluate_network(
         tta=tta,
         network=net,
     )
-    datamodule.input_size = input_size
+    if getattr(datamodule, "input_size", None) != input_size:
+        datamodule = copy.copy(datamodule)
+        datamodule.input_size = input_size
     device = resolve_device("cpu" if accelerator == "cpu" else "auto")
     precision = lightning_precision(precision, device)
     silence_lightning_tips()  # fer-eval's console says what it scores, not Lightning's adverts

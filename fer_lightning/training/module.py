@@ -46,6 +46,26 @@ def _label_names(names: Sequence[str] | None, num_classes: int) -> list[str] | N
     return names
 
 
+def _class_weights(value: Any, num_classes: int) -> str | list[float] | None:
+    """``class_weights`` checked: null, ``"auto"`` or one weight per class."""
+    if isinstance(value, str) and value != "auto":
+        raise ValueError(f"class_weights must be null, 'auto' or a list, not {value!r}.")
+    if isinstance(value, list) and len(value) != num_classes:
+        raise ValueError(f"class_weights has {len(value)} values for {num_classes} classes.")
+    return value
+
+
+def _training_data(value: Any) -> dict[str, Any] | None:
+    """The training-data record as plain values: ``{"dataset": str, "synthetic": bool}``."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not isinstance(value.get("synthetic"), bool):
+        raise ValueError(
+            f"training_data must be {{'dataset': name, 'synthetic': true/false}}, not {value!r}."
+        )
+    return {"dataset": str(value.get("dataset")), "synthetic": value["synthetic"]}
+
+
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; training stops, earlier checkpoints stay."""
 
@@ -87,6 +107,9 @@ class FERClassifier(pl.LightningModule):
             forward and backward). Not applied to a ``network`` passed in.
         compile: wrap the network in ``torch.compile``.
         tta: also report test accuracy over the 10 test-time augmentation views.
+        training_data: what the network learns from, ``{"dataset": "synthetic", "synthetic":
+            True}`` (fer-train fills it in); saved in checkpoints so that a model says what it
+            is (:class:`fer_lightning.models.provenance.ModelProvenance`).
         network: an already built network to wrap instead of a fresh one (evaluating a loaded
             checkpoint); not a hyperparameter.
 
@@ -110,74 +133,76 @@ class FERClassifier(pl.LightningModule):
         cpu_convs: bool = True,
         compile: bool = False,
         tta: bool = True,
+        training_data: Mapping[str, Any] | None = None,
         network: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        input_size = check_input_size(
-            int(input_size or default_input_size(arch)), name="model.input_size"
-        )
-        optimizer, scheduler, class_weights = map(plain, (optimizer, scheduler, class_weights))
-        label_names = _label_names(plain(label_names), num_classes)
-        if isinstance(class_weights, str) and class_weights != "auto":
-            raise ValueError(
-                f"class_weights must be null, 'auto' or a list, not {class_weights!r}."
-            )
-        if isinstance(class_weights, list) and len(class_weights) != num_classes:
-            raise ValueError(
-                f"class_weights has {len(class_weights)} values for {num_classes} classes."
-            )
         self.save_hyperparameters(
             {
                 "arch": arch,
                 "num_classes": num_classes,
-                "label_names": label_names,
+                "label_names": _label_names(plain(label_names), num_classes),
                 "pretrained_backbone": pretrained_backbone,
-                "input_size": input_size,
-                "optimizer": optimizer,
-                "scheduler": scheduler,
-                "class_weights": class_weights,
+                "input_size": check_input_size(
+                    int(input_size or default_input_size(arch)), name="model.input_size"
+                ),
+                "optimizer": plain(optimizer),
+                "scheduler": plain(scheduler),
+                "class_weights": _class_weights(plain(class_weights), num_classes),
                 "label_smoothing": label_smoothing,
                 "channels_last": channels_last,
                 "cpu_convs": cpu_convs,
                 "compile": compile,
                 "tta": tta,
+                "training_data": _training_data(plain(training_data)),
             }
         )
-        if network is None:
-            network = create_model(
-                arch, num_classes=num_classes, pretrained_backbone=pretrained_backbone
-            )
-            if cpu_convs:
-                use_cpu_convs(network)
-        self.net = network
-        if channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
-        if compile:
-            # In place, so that the state-dict keys stay those of the plain network.
-            self.net.compile()
+        self.net = self._network(network)
         # Not a buffer: the weights are derived from the data and kept out of the state dict,
         # so that checkpoints hold exactly the network's keys.
+        weights = self.hparams.class_weights
         self.loss_weights: Tensor | None = (
-            torch.tensor(class_weights, dtype=torch.float32)
-            if isinstance(class_weights, list)
-            else None
+            torch.tensor(weights, dtype=torch.float32) if isinstance(weights, list) else None
         )
-        val_metrics = {
-            "acc": MulticlassAccuracy(num_classes, average="micro"),
-            "f1_macro": MulticlassF1Score(num_classes, average="macro"),
-        }
-        self.train_metrics = MetricCollection(
-            {"acc": MulticlassAccuracy(num_classes, average="micro")}, prefix="train/"
-        )
-        self.val_metrics = MetricCollection(val_metrics, prefix="val/")
-        self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
-        self.val_acc_best = MaxMetric()
-        # Saved in checkpoints, so that a resumed run remembers its best validation accuracy.
-        self.val_acc_best.persistent(True)
+        self._make_metrics(num_classes)
         # Filled by ``test``: the split's softmax outputs and their scores (plain values).
         self._test_outputs: dict[str, list[Tensor]] = {}
         self.test_predictions: Predictions | None = None
         self.test_results: dict[str, Any] = {}
+
+    def _network(self, network: nn.Module | None) -> nn.Module:
+        """``network``, or a fresh one of the architecture; in the memory format and compiled
+        as the hyperparameters say."""
+        hp = self.hparams
+        if network is None:
+            network = create_model(
+                hp.arch, num_classes=hp.num_classes, pretrained_backbone=hp.pretrained_backbone
+            )
+            if hp.cpu_convs:
+                use_cpu_convs(network)
+        if hp.channels_last:
+            network = network.to(memory_format=torch.channels_last)
+        if hp.compile:
+            # In place, so that the state-dict keys stay those of the plain network.
+            network.compile()
+        return network
+
+    def _make_metrics(self, num_classes: int) -> None:
+        """Running training and validation metrics, and the best validation accuracy."""
+        self.train_metrics = MetricCollection(
+            {"acc": MulticlassAccuracy(num_classes, average="micro")}, prefix="train/"
+        )
+        self.val_metrics = MetricCollection(
+            {
+                "acc": MulticlassAccuracy(num_classes, average="micro"),
+                "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+            },
+            prefix="val/",
+        )
+        self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
+        self.val_acc_best = MaxMetric()
+        # Saved in checkpoints, so that a resumed run remembers its best validation accuracy.
+        self.val_acc_best.persistent(True)
 
     # -- set-up ---------------------------------------------------------------------------------
 

@@ -151,7 +151,7 @@ def curves_figure(history: Sequence[dict[str, float]]) -> Figure:
         ax.set_ylabel(name)
         ax.set_title(name)
     acc_ax.set_ylim(0, 1.05)
-    best = _best_epoch(history)
+    best = best_epoch(history)
     if best is not None:
         epoch, value = best
         acc_ax.axvline(epoch, color="grey", linestyle=":", linewidth=1)
@@ -218,7 +218,8 @@ def _label_points(
             )
 
 
-def _best_epoch(history: Sequence[dict[str, float]]) -> tuple[int, float] | None:
+def best_epoch(history: Sequence[dict[str, float]]) -> tuple[int, float] | None:
+    """(epoch, validation accuracy) of the best epoch: the checkpoint kept as best.ckpt."""
     scored = [(row["val/acc"], int(row["epoch"])) for row in history if "val/acc" in row]
     if not scored:
         return None
@@ -277,6 +278,12 @@ def _pct(value: Any) -> str:
     return f"{100 * value:.2f}%" if isinstance(value, float) else "n/a"
 
 
+def _training_data(record: Any) -> str:
+    if not isinstance(record, dict):
+        return "n/a"
+    return f"{record.get('dataset')}" + (" (synthetic faces)" if record.get("synthetic") else "")
+
+
 def format_summary(results: dict[str, Any], files: Sequence[Path]) -> str:
     """The closing lines of a run (logged, so also in train.log): the accuracies and where the
     files are."""
@@ -290,7 +297,11 @@ def format_summary(results: dict[str, Any], files: Sequence[Path]) -> str:
         f"test macro F1             : {_pct(results.get('test/f1_macro'))}",
         f"test split                : {split_name(results)}, {samples} faces",
         f"epochs trained            : {results.get('epochs_trained', 'n/a')}",
-        f"best checkpoint           : {results.get('best_checkpoint') or 'n/a'}",
+        f"best checkpoint           : {results.get('best_checkpoint') or 'n/a'}"
+        + (f" (epoch {results['best_epoch']})" if "best_epoch" in results else ""),
+        f"trained on                : {_training_data(results.get('training_data'))}",
     ]
+    if results.get("warning"):
+        lines.append(f"warning                   : {results['warning']}")
     lines += [f"written                   : {path}" for path in files]
     return "\n".join(lines)

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
+import torch
 
 from fer_lightning.cli import train as train_cli
-from fer_lightning.cli.run_folders import FAILED_MARKER, quote_override, unique_dir
-from fer_lightning.cli.train import resume_overrides, train
+from fer_lightning.cli.run_folders import FAILED_MARKER, unique_dir
+from fer_lightning.cli.train import train
 from fer_lightning.training.console import silence_lightning_tips
 from tests.helpers.hydra import FAST, compose_train, run_app, run_cli
 
@@ -69,28 +70,6 @@ def test_unique_dir_gives_each_caller_its_own_folder(tmp_path):
     assert sorted(names[1:], key=lambda n: int(n.rsplit("_", 1)[1])) == [
         f"2026-01-01_10-00-00_{n}" for n in range(2, 9)
     ]
-
-
-def test_resume_overrides_point_hydra_at_the_earlier_run_folder(tmp_path):
-    run_dir = tmp_path / "outputs" / "train" / "demo" / "2026-01-01_10-00-00 it's"
-    (run_dir / ".hydra").mkdir(parents=True)
-    (run_dir / "checkpoints").mkdir()
-    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    log_dir = f"paths.log_dir={tmp_path / 'outputs'}"
-    expected = f"hydra.run.dir={quote_override(str(run_dir))}"
-    assert resume_overrides(["ckpt_path=last", log_dir]) == ["ckpt_path=last", log_dir, expected]
-    explicit = f"ckpt_path={quote_override(str(run_dir / 'checkpoints' / 'last.ckpt'))}"
-    assert resume_overrides([explicit])[-1] == expected
-    # No run folder around the checkpoint, a sweep, or the user's own choice: unchanged.
-    outside = tmp_path / "published.ckpt"
-    outside.write_bytes(b"x")
-    for args in (
-        [f"ckpt_path={outside}"],
-        ["-m", "ckpt_path=last", log_dir],
-        ["ckpt_path=last", log_dir, f"hydra.run.dir={tmp_path / 'mine'}"],
-        [log_dir],
-    ):
-        assert resume_overrides(args) == args
 
 
 def test_lightning_promotion_lines_are_silenced(capfd, caplog):
@@ -184,29 +163,9 @@ def test_run_folder_log_tree_and_figures(tmp_path):
 
 @pytest.mark.slow
 def test_failed_runs_are_marked(tmp_path):
-    # A mistake the user can make (one-line message, exit 2) and an error from deeper down
-    # (a negative learning rate: PyTorch's traceback).
-    missing = run_cli(
-        "fer_lightning.train",
-        [
-            "data=fer2013",
-            "model=resnet18",
-            "model.pretrained_backbone=null",
-            "trainer=cpu",
-            "logger=csv",
-            f"paths.data_dir={tmp_path / 'nowhere'}",
-            f"paths.log_dir={tmp_path / 'outputs'}",
-        ],
-        cwd=tmp_path,
-    )
-    assert missing.returncode == 2 and "Traceback" not in missing.stderr
-    run_dir = only_run_folder(tmp_path, "train/resnet18")
-    marker = (run_dir / FAILED_MARKER).read_text()
-    results = json.loads((run_dir / "results.json").read_text())
-    assert results["status"] == "failed" and "data=synthetic" in results["error"]
-    assert marker.startswith("status: failed\nerror: ") and "data=synthetic" in marker
-    assert "Run failed:" in (run_dir / "train.log").read_text()
-
+    # An error from deep inside a run that has started (a negative learning rate: PyTorch's
+    # traceback) marks the run's own folder. (A command refused before it starts writes
+    # nothing: tests/integration/test_train_command.py.)
     crashed = run_cli(
         "fer_lightning.train",
         cli_args(tmp_path, "optimizer.lr=-1.0", "paths.log_dir=" + str(tmp_path / "second")),
@@ -216,7 +175,9 @@ def test_failed_runs_are_marked(tmp_path):
     (run_dir,) = (tmp_path / "second" / "train" / "resnet18").iterdir()
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "failed" and "Invalid learning rate" in results["error"]
-    assert "Traceback" in (run_dir / FAILED_MARKER).read_text()
+    marker = (run_dir / FAILED_MARKER).read_text()
+    assert marker.startswith("status: failed\nerror: ") and "Traceback" in marker
+    assert "Run failed:" in (run_dir / "train.log").read_text()
 
 
 @pytest.mark.slow
@@ -239,13 +200,13 @@ def test_resume_continues_the_run_folder_with_the_best_checkpoint_of_the_whole_r
     best_acc = max(row["val/acc"] for row in history)
     best_epoch = min(row["epoch"] for row in history if row["val/acc"] == best_acc)
     best = Path(results["best_checkpoint"])
-    assert best.parent == (run_dir / "checkpoints").resolve()
-    assert best.name.startswith(f"epoch{int(best_epoch):03d}-"), (best.name, history)
-    # save_top_k=1 kept tracking across the resume: one best file, plus last.ckpt.
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == sorted(
-        [best.name, "last.ckpt"]
-    )
+    assert best == (run_dir / "checkpoints" / "best.ckpt").resolve()
+    # The best of the whole run, tracked across the resume: its epoch is the best one's.
+    assert results["best_epoch"] == best_epoch
+    assert torch.load(best, weights_only=True)["epoch"] == best_epoch
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     log = (run_dir / "train.log").read_text()
+    assert f"Resuming from {run_dir / 'checkpoints' / 'last.ckpt'} (the newest last.ckpt" in log
     for epoch, of in ((0, 1), (1, 3), (2, 3)):
         assert f"epoch {epoch} ({epoch + 1}/{of}):" in log  # the first part's lines stay
 

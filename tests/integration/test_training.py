@@ -95,8 +95,13 @@ def test_short_run_learns_and_writes_its_report(trained_run):
         assert (run_dir / name).stat().st_size > 5_000, name
     # The tested network alone, in the published format, beside the Lightning checkpoints.
     published = torch.load(run_dir / "model.pt", weights_only=True)
-    assert set(published) == {"net", "arch", "input_size", "label_names"}
+    assert set(published) == {"net", "arch", "input_size", "label_names", "training_data"}
     assert published["arch"] == "resnet18" and published["input_size"] == 64
+    # Provenance: what the model learned from, in model.pt and results.json, with the caution
+    # a model of the synthetic faces needs.
+    synthetic = {"dataset": "synthetic", "synthetic": True}
+    assert published["training_data"] == synthetic and saved["training_data"] == synthetic
+    assert "synthetic demo faces" in saved["warning"] and "model.pt" in saved["warning"]
     assert load_model(run_dir / "model.pt").input_size == 64
     assert saved["model_file"] == str(run_dir / "model.pt")
     x = torch.rand(2, 3, 64, 64)
@@ -105,9 +110,14 @@ def test_short_run_learns_and_writes_its_report(trained_run):
     )
     # trainer.precision=auto: what this CPU runs natively.
     assert saved["precision"] == lightning_precision("auto", torch.device("cpu"))
+    # The best checkpoint has a stable name; its epoch is in results.json.
     best = Path(saved["best_checkpoint"])
-    assert best.is_file() and "/" not in best.name and best.name.startswith("epoch")
+    assert best == (run_dir / "checkpoints" / "best.ckpt").resolve() and best.is_file()
     assert (best.parent / "last.ckpt").is_file()
+    best_acc = max(row["val/acc"] for row in saved["history"])
+    assert saved["best_epoch"] == min(
+        row["epoch"] for row in saved["history"] if row["val/acc"] == best_acc
+    )
 
 
 def test_checkpoints_load_with_weights_only_and_lightning_defaults(trained_run):
@@ -115,8 +125,11 @@ def test_checkpoints_load_with_weights_only_and_lightning_defaults(trained_run):
     path = results["best_checkpoint"]
     content = torch.load(path, map_location="cpu", weights_only=True)
     assert content["hyper_parameters"]["arch"] == "resnet18"
+    training_data = {"dataset": "synthetic", "synthetic": True}
+    assert content["hyper_parameters"]["training_data"] == training_data
     module = FERClassifier.load_from_checkpoint(path)
     assert module.hparams.input_size == 64
+    assert module.hparams.training_data == training_data
     net = load_model(path)
     assert net.arch == "resnet18" and net.input_size == 64
     x = torch.rand(2, 3, 64, 64)

@@ -73,22 +73,39 @@ def test_partial_files_of_a_killed_save_are_removed_on_the_next_start(tmp_path):
 
 def test_resume_checkpoints_are_checked_before_training(tmp_path):
     from fer_lightning.models.checkpoints import CheckpointError
-    from fer_lightning.training.checkpoint_io import check_resume_checkpoint
+    from fer_lightning.training.checkpoint_io import ResumeTarget, check_resume_checkpoint
     from tests.helpers.inference import save_lightning_checkpoint, save_published_checkpoint
 
     good = save_lightning_checkpoint(tmp_path / "good.ckpt", arch="resnet18")
-    check_resume_checkpoint(good, "resnet18", 7)
+    check_resume_checkpoint(good, ResumeTarget("resnet18", 7, 64))
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(good.read_bytes()[:1000])
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "hook": os.system}, evil)
     cases = [
-        (truncated, "resnet18", 7, "Could not read"),
-        (evil, "resnet18", 7, "Refused to load"),
-        (save_published_checkpoint(tmp_path / "published.pt"), "resnet18", 7, "cannot resume"),
-        (good, "resmasking_dropout1", 7, "holds 'resnet18' with 7 classes"),
-        (good, "resnet18", 8, "but this run trains 'resnet18' with 8"),
+        (truncated, ResumeTarget("resnet18", 7, 64), "Could not read"),
+        (evil, ResumeTarget("resnet18", 7, 64), "Refused to load"),
+        (
+            save_published_checkpoint(tmp_path / "published.pt"),
+            ResumeTarget("resnet18", 7, 64),
+            "cannot resume",
+        ),
+        (
+            good,
+            ResumeTarget("resmasking_dropout1", 7, 64),
+            r"has arch resnet18 \(this run: resmasking_dropout1\)\. Resume with model=resnet18,",
+        ),
+        (
+            good,
+            ResumeTarget("resnet18", 8, 64),
+            r"num_classes 7 \(this run: 8\)\. Resume with the data it was trained on",
+        ),
+        (
+            good,
+            ResumeTarget("resnet18", 7, 96),
+            r"input_size 64 \(this run: 96\)\. Resume with data.input_size=64",
+        ),
     ]
-    for path, arch, classes, message in cases:
+    for path, target, message in cases:
         with pytest.raises(CheckpointError, match=message):
-            check_resume_checkpoint(path, arch, classes)
+            check_resume_checkpoint(path, target)

@@ -111,3 +111,11 @@ def test_prepare_jaffe_and_user_errors(tmp_path):
     result = _run("prepare", "faces", str(tmp_path / "nowhere"), str(tmp_path / "x.csv"))
     assert result.returncode == 2 and "no such folder" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_check_a_missing_path_says_what_it_looks_for(tmp_path):
+    result = _run("check", str(tmp_path / "data" / "fer2013"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "fer2013: no such file or folder" in result.stderr
+    for words in ("emotion,pixels", "fer2013.csv or icml_face_data.csv", "train.csv/val.csv"):
+        assert words in result.stderr, words

@@ -13,15 +13,22 @@ import numpy as np
 
 from fer_lightning.data.csv_reader import SPLITS, FaceTable, read_face_csv
 from fer_lightning.data.ferplus import (
+    DROP_REASONS,
+    NO_IMAGE,
+    NO_MAJORITY,
+    SPREAD,
+    UNKNOWN,
+    VoteTable,
     check_alignment,
     describe_repeated,
     find_label_file,
     is_label_file,
+    label_distributions,
+    majority_labels,
     read_votes,
-    vote_statistics,
 )
 from fer_lightning.data.layouts import USAGE_FILES, SplitRef, find_csv_files, load_splits
-from fer_lightning.labels import EMOTIONS, NUM_CLASSES
+from fer_lightning.labels import EMOTIONS, FERPLUS_EMOTIONS, NUM_CLASSES
 
 
 def summarize(path: str | Path, out: TextIO, on_bad_row: str = "error") -> int:
@@ -120,5 +127,46 @@ def duplicate_report(splits: dict[str, SplitRef]) -> list[str]:
         lines.append(
             "distinct images found in two splits: "
             + ", ".join(f"{a}-{b} {n}" for (a, b), n in across.items())
+        )
+    return lines
+
+
+def vote_statistics(votes: VoteTable) -> list[str]:
+    """Lines for ``data check``: per split, rows, votes per row, unanimous rows, rows dropped
+    for majority labels by reason, and the majority labels' class histogram."""
+    width = max(len(name) for name in FERPLUS_EMOTIONS)
+    reasons = (NO_IMAGE, UNKNOWN, NO_MAJORITY)
+    lines = [
+        "FER+ votes (majority labels; validation and test always use these):",
+        f"{'split':<6} {'rows':>7} {'votes/row':>9} {'unanimous':>9}  "
+        + " ".join(f"{reason:>{len(reason)}}" for reason in reasons)
+        + "  "
+        + " ".join(f"{name:>{width}}" for name in FERPLUS_EMOTIONS),
+    ]
+    for code, split in enumerate(SPLITS):
+        rows = np.flatnonzero(votes.usage == code)
+        if rows.size == 0:
+            continue
+        counts = votes.votes[rows]
+        labels, reason = majority_labels(counts, votes.has_image[rows])
+        per_row = counts.sum(axis=1)
+        unanimous = int(np.count_nonzero(counts.max(axis=1) == per_row))
+        dropped = " ".join(
+            f"{int(np.count_nonzero(reason == DROP_REASONS.index(r))):>{len(r)}}" for r in reasons
+        )
+        histogram = np.bincount(labels[labels >= 0], minlength=len(FERPLUS_EMOTIONS))
+        lines.append(
+            f"{split:<6} {rows.size:>7} {per_row.mean():>9.2f} {unanimous:>9}  {dropped}  "
+            + " ".join(f"{n:>{width}}" for n in histogram.tolist())
+        )
+    train = np.flatnonzero(votes.usage == 0)
+    if train.size:
+        _, reason = label_distributions(votes.votes[train], votes.has_image[train])
+        spread = int(np.count_nonzero(reason == DROP_REASONS.index(SPREAD)))
+        unknown = int(np.count_nonzero(reason == DROP_REASONS.index(UNKNOWN)))
+        lines.append(
+            f"training rows dropped in the distribution modes (probability, crossentropy): "
+            f"{NO_IMAGE} {int(np.count_nonzero(~votes.has_image[train]))}, {UNKNOWN} "
+            f"{unknown}, {SPREAD} {spread}"
         )
     return lines

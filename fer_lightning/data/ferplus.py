@@ -478,8 +478,6 @@ def label_distributions(votes: np.ndarray, has_image: np.ndarray) -> tuple[np.nd
 
 def split_targets(votes: VoteTable, split: str, mode: str) -> SplitTargets:
     """Kept rows and targets of ``split``: validation and test always by majority."""
-    if mode not in LABEL_MODES:
-        raise ValueError(f"data.ferplus.labels must be one of {LABEL_MODES}, not {mode!r}.")
     in_split = np.flatnonzero(votes.usage == SPLITS.index(split))
     counts, has_image = votes.votes[in_split], votes.has_image[in_split]
     targets = None
@@ -508,9 +506,8 @@ def load_ferplus(
     on_bad_row: str = "error",
 ) -> FerPlusData:
     """The FER2013 pixels with FER+ targets: reads both files, checks that they agree row by
-    row, drops rows by the rules above and logs the counts per split and reason."""
-    if mode not in LABEL_MODES:
-        raise ValueError(f"data.ferplus.labels must be one of {LABEL_MODES}, not {mode!r}.")
+    row, drops rows by the rules above and logs the counts per split and reason. ``mode`` is
+    one of :data:`LABEL_MODES` (the FER+ source checks the setting)."""
     votes = read_votes(label_file)
     table = load_table(pixel_file, cache_dir, on_bad_row)
     check_alignment(votes, table)
@@ -531,47 +528,3 @@ def load_ferplus(
     if repeated:
         log.info("FER+ %s: %s", votes.path, repeated)
     return data
-
-
-# ---------------------------------------------------------------------------- statistics
-
-
-def vote_statistics(votes: VoteTable) -> list[str]:
-    """Lines for ``data check``: per split, rows, votes per row, unanimous rows, rows dropped
-    for majority labels by reason, and the majority labels' class histogram."""
-    width = max(len(name) for name in FERPLUS_EMOTIONS)
-    reasons = (NO_IMAGE, UNKNOWN, NO_MAJORITY)
-    lines = [
-        "FER+ votes (majority labels; validation and test always use these):",
-        f"{'split':<6} {'rows':>7} {'votes/row':>9} {'unanimous':>9}  "
-        + " ".join(f"{reason:>{len(reason)}}" for reason in reasons)
-        + "  "
-        + " ".join(f"{name:>{width}}" for name in FERPLUS_EMOTIONS),
-    ]
-    for code, split in enumerate(SPLITS):
-        rows = np.flatnonzero(votes.usage == code)
-        if rows.size == 0:
-            continue
-        counts = votes.votes[rows]
-        labels, reason = majority_labels(counts, votes.has_image[rows])
-        per_row = counts.sum(axis=1)
-        unanimous = int(np.count_nonzero(counts.max(axis=1) == per_row))
-        dropped = " ".join(
-            f"{int(np.count_nonzero(reason == DROP_REASONS.index(r))):>{len(r)}}" for r in reasons
-        )
-        histogram = np.bincount(labels[labels >= 0], minlength=_EMOTION_COUNT)
-        lines.append(
-            f"{split:<6} {rows.size:>7} {per_row.mean():>9.2f} {unanimous:>9}  {dropped}  "
-            + " ".join(f"{n:>{width}}" for n in histogram.tolist())
-        )
-    train = np.flatnonzero(votes.usage == 0)
-    if train.size:
-        _, reason = label_distributions(votes.votes[train], votes.has_image[train])
-        spread = int(np.count_nonzero(reason == DROP_REASONS.index(SPREAD)))
-        unknown = int(np.count_nonzero(reason == DROP_REASONS.index(UNKNOWN)))
-        lines.append(
-            f"training rows dropped in the distribution modes (probability, crossentropy): "
-            f"{NO_IMAGE} {int(np.count_nonzero(~votes.has_image[train]))}, {UNKNOWN} "
-            f"{unknown}, {SPREAD} {spread}"
-        )
-    return lines

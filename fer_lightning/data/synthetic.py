@@ -19,6 +19,7 @@ import numpy as np
 
 from fer_lightning.data.csv_reader import USAGE_NAMES, read_head
 from fer_lightning.data.csv_writer import write_atomically, write_face_csv
+from fer_lightning.data.ferplus import HEADER
 from fer_lightning.labels import EMOTIONS, FACE_SIZE, FERPLUS_EMOTIONS
 
 SYNTHETIC_VERSION = 3  # bump when the drawing changes, so cached CSVs are regenerated
@@ -277,9 +278,6 @@ def _marker(rows: int) -> dict[str, list[str]]:
 
 # ---------------------------------------------------------------------------- FER+ votes
 
-FERPLUS_HEADER = (
-    "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
-)
 # Each FER2013 class (the synthetic faces' labels) -> its FER+ class.
 FER_TO_FERPLUS: tuple[int, ...] = tuple(
     FERPLUS_EMOTIONS.index(name)
@@ -335,7 +333,7 @@ def write_ferplus_csv(
     """Write a FER+ label file (fer2013new.csv's layout): Usage, Image name (empty where
     ``has_image`` is False), the 10 vote counts. Atomic: the file appears only once complete."""
     path = Path(path)
-    lines = [FERPLUS_HEADER]
+    lines = [HEADER]
     for row, (counts, named, code) in enumerate(zip(votes, has_image, usage, strict=True)):
         name = f"fer{row:07d}.png" if named else ""
         lines.append(",".join([USAGE_NAMES[int(code)], name, *map(str, counts.tolist())]))

@@ -6,10 +6,15 @@
 - ``GET /healthz`` (model, device, precision, detector, batching counts), ``GET /v1/labels``;
 - ``GET /``: the web page (``static/index.html``); ``/docs``: the OpenAPI page.
 
-Nothing blocks the event loop: images are decoded in a small thread pool, faces detected by a
+Nothing blocks the event loop: forms are parsed and images decoded in a small thread pool (at a
+working size, within a budget of decoded pixels shared by all requests), faces detected by a
 :class:`DetectorPool` and the network runs in the :class:`FaceBatcher`'s thread, which
 batches the faces of concurrent requests. Every error is a JSON ``{"detail": message}`` with
-its status; nothing is written to disk.
+its status, a short one; nothing is written to disk. :mod:`fer_lightning.serve.server` runs it
+under uvicorn with limits on connections.
+
+The pieces: :class:`Service` (what a request goes through), :func:`add_error_handlers`,
+:func:`add_routes` and :func:`create_app`, which puts them together.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
@@ -36,9 +42,12 @@ from fer_lightning.faces.detectors import FaceDetector
 from fer_lightning.inference.recognizer import EmotionRecognizer
 from fer_lightning.serve.batcher import BatcherStoppedError, FaceBatcher
 from fer_lightning.serve.detection import DetectorPool
+from fer_lightning.serve.drain import DrainNotice, ServerStoppingError
+from fer_lightning.serve.memory import PixelBudget, give_back_memory
 from fer_lightning.serve.uploads import (
     FORM_FIELD,
     MEGABYTE,
+    DecodedImage,
     UploadError,
     check_content_type,
     decode_image,
@@ -51,21 +60,31 @@ log = logging.getLogger(__name__)
 PAGE_PATH = Path(__file__).parent / "static" / "index.html"
 # Decoding holds a whole image in memory: a few at a time bounds what concurrent uploads use.
 DECODE_WORKERS = min(4, os.cpu_count() or 1)
+# Error messages are cut to this length: a client never gets its own input back in bulk.
+MAX_DETAIL_CHARS = 500
+# Memory is given back to the system once the server is idle after decoding this many pixels.
+TRIM_AFTER_PIXELS = 16_000_000
 
 
 @dataclass(frozen=True)
 class Limits:
     """What the service takes: ``max_body_bytes`` per request body (413 above), ``max_pixels``
     per image (413 above, read from the header), ``body_timeout_s`` to send a body (408 after)
-    and ``max_requests`` predictions at once (503 beyond, instead of an ever longer queue)."""
+    and ``max_requests`` predictions at once (503 beyond, instead of an ever longer queue).
+    Images are detected and cropped at ``working_pixels`` at most (reduced by an integer
+    factor; boxes are given in the file's pixels), and all requests together hold at most
+    ``pixels_in_flight`` decoded pixels (more wait for their turn to decode)."""
 
     max_body_bytes: int = 20 * MEGABYTE
     max_pixels: int = 50_000_000
     body_timeout_s: float = 60.0
     max_requests: int = 512
+    working_pixels: int = 16_000_000
+    pixels_in_flight: int = 64_000_000
 
     def __post_init__(self) -> None:
-        if min(self.max_body_bytes, self.max_pixels, self.body_timeout_s, self.max_requests) <= 0:
+        values = (self.max_body_bytes, self.max_pixels, self.body_timeout_s, self.max_requests)
+        if min(*values, self.working_pixels, self.pixels_in_flight) <= 0:
             raise ValueError(f"Every limit must be positive, got {self}.")
 
 
@@ -134,51 +153,198 @@ def _package_version() -> str:
         return "0.0.0"
 
 
-def create_app(
-    recognizer: EmotionRecognizer,
-    limits: Limits | None = None,
-    batching: BatchPolicy | None = None,
-    detectors: Sequence[FaceDetector] | None = None,
-) -> FastAPI:
-    """The service over ``recognizer``. ``detectors`` (default: the recogniser's own) detect
-    faces in parallel, one thread each; ``limits`` bound what a request may send."""
-    limits = limits or Limits()
-    batching = batching or BatchPolicy()
-    pool = DetectorPool(detectors or [recognizer.detector])
-    batcher = FaceBatcher(recognizer.recognize, batching.window_ms / 1000, batching.max_faces)
-    decoders = ThreadPoolExecutor(max_workers=DECODE_WORKERS, thread_name_prefix="fer-decode")
-    page = PAGE_PATH.read_text(encoding="utf-8")
-    classifier = recognizer.classifier
-    model = getattr(getattr(classifier, "model", None), "arch", None) or getattr(
-        classifier, "arch", type(classifier).__name__
-    )
+def _short(message: str) -> str:
+    return message if len(message) <= MAX_DETAIL_CHARS else message[: MAX_DETAIL_CHARS - 3] + "..."
+
+
+class Service:
+    """What a prediction goes through (body, form, decoding, detection, the batched network)
+    and what ``/healthz`` reports about it."""
+
+    def __init__(
+        self,
+        recognizer: EmotionRecognizer,
+        limits: Limits,
+        batching: BatchPolicy,
+        detectors: Sequence[FaceDetector] | None,
+    ) -> None:
+        self.recognizer = recognizer
+        self.limits = limits
+        self.batching = batching
+        self.pool = DetectorPool(detectors or [recognizer.detector])
+        self.batcher = FaceBatcher(
+            recognizer.recognize, batching.window_ms / 1000, batching.max_faces
+        )
+        self.decoders = ThreadPoolExecutor(
+            max_workers=DECODE_WORKERS, thread_name_prefix="fer-decode"
+        )
+        self.budget = PixelBudget(max(limits.pixels_in_flight, limits.working_pixels))
+        self.drain = DrainNotice()
+        self.in_flight = 0  # predict requests being answered (one event loop: no lock needed)
+        self._decoded_since_trim = 0
+        classifier = recognizer.classifier
+        self.model = getattr(getattr(classifier, "model", None), "arch", None) or getattr(
+            classifier, "arch", type(classifier).__name__
+        )
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        # Load what loads lazily (detector processes, oneDNN kernels) before the first request.
-        await asyncio.to_thread(pool.warm_up)
+    async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:
+        """Load what loads lazily (detector processes, oneDNN kernels) before the first
+        request; stop the workers after the last."""
+        classifier = self.recognizer.classifier
+        await asyncio.to_thread(self.pool.warm_up)
         await asyncio.to_thread(classifier, np.zeros((1, 48, 48), np.uint8))
-        await batcher.start()
-        log.info("Ready: %r, detector %s x%d.", classifier, pool.name, len(pool.detectors))
+        await self.batcher.start()
+        log.info(
+            "Ready: %r, detector %s x%d.", classifier, self.pool.name, len(self.pool.detectors)
+        )
+        provenance = self.recognizer.provenance
+        if provenance is not None and provenance.warning:
+            log.warning("%s", provenance.warning)
         try:
             yield
         finally:
             # uvicorn has let the requests in flight finish before this runs.
-            await batcher.stop()
-            pool.close()
-            decoders.shutdown(wait=True)
+            await self.batcher.stop()
+            self.pool.close()
+            self.decoders.shutdown(wait=True)
 
-    app = FastAPI(
-        title="fer-lightning",
-        version=_package_version(),
-        description="Facial emotion recognition (Residual Masking Network) over HTTP.",
-        lifespan=lifespan,
-    )
-    in_flight = 0  # predict requests being answered (one event loop: no lock needed)
+    def health(self) -> dict[str, Any]:
+        classifier = self.recognizer.classifier
+        provenance = self.recognizer.provenance
+        limits = self.limits
+        return {
+            "status": "ok",
+            "model_loaded": True,
+            "model": str(self.model),
+            "provenance": None if provenance is None else provenance.to_dict(),
+            "warning": None if provenance is None else provenance.warning,
+            "device": str(getattr(classifier, "device", "cpu")),
+            "precision": str(getattr(classifier, "precision", "fp32")),
+            "input_size": int(classifier.input_size),
+            "detector": self.pool.name,
+            "detector_workers": len(self.pool.detectors),
+            "labels": list(self.recognizer.labels),
+            "limits": {
+                "max_body_mb": limits.max_body_bytes / MEGABYTE,
+                "max_pixels": limits.max_pixels,
+                "body_timeout_s": limits.body_timeout_s,
+                "max_requests": limits.max_requests,
+                "working_pixels": limits.working_pixels,
+                "pixels_in_flight": self.budget.capacity,
+            },
+            "requests_in_flight": self.in_flight,
+            "pixels_held": self.budget.held,
+            "batching": {
+                "window_ms": self.batching.window_ms,
+                "max_faces": self.batching.max_faces,
+                **self.batcher.stats.to_dict(),
+            },
+        }
+
+    async def predict(self, request: Request, response: Response) -> dict[str, Any]:
+        """One prediction, refused at once (503) beyond ``max_requests`` at a time and cut
+        short with a 503 when a shutdown's grace runs out."""
+        if self.in_flight >= self.limits.max_requests:
+            raise UploadError(
+                503, f"The server is busy ({self.limits.max_requests} requests at once); try again."
+            )
+        self.in_flight += 1
+        try:
+            return await self.drain.run(self._answer(request, response))
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0 and self._decoded_since_trim >= TRIM_AFTER_PIXELS:
+                self._decoded_since_trim = 0
+                asyncio.get_running_loop().run_in_executor(self.decoders, give_back_memory)
+
+    async def _read_body(self, request: Request) -> bytes:
+        limits = self.limits
+        try:
+            return await asyncio.wait_for(
+                read_body(
+                    request.stream(), request.headers.get("content-length"), limits.max_body_bytes
+                ),
+                limits.body_timeout_s,
+            )
+        except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11
+            raise UploadError(
+                408, f"The request body did not arrive within {limits.body_timeout_s:g} s."
+            ) from None
+
+    def _decode(self, content_type: str | None, body: bytes) -> DecodedImage:
+        """In a decoding thread: the form parsed, the image decoded at its working size."""
+        data = image_bytes(content_type, body)
+        del body
+        limits = self.limits
+        return decode_image(data, limits.max_pixels, limits.working_pixels, self.budget)
+
+    async def _decode_off_loop(self, content_type: str | None, body: bytes) -> DecodedImage:
+        future = asyncio.get_running_loop().run_in_executor(
+            self.decoders, self._decode, content_type, body
+        )
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # The decoding thread goes on: what it reserves is released when it finishes.
+            future.add_done_callback(
+                lambda done: None if done.exception() else done.result().release()
+            )
+            raise
+
+    async def _answer(self, request: Request, response: Response) -> dict[str, Any]:
+        started = time.perf_counter()
+        content_type = request.headers.get("content-type")
+        check_content_type(content_type)
+        body = await self._read_body(request)
+        # Announced now, so that a batch being collected waits for this request's faces.
+        with self.batcher.incoming() as slot:
+            decoded = await self._decode_off_loop(content_type, body)
+            del body
+            try:
+                self._decoded_since_trim += decoded.width * decoded.height
+                timings = {"upload": (started, time.perf_counter())}
+                try:
+                    detections = await self.pool.detect(decoded.image)
+                    timings["detect"] = (timings["upload"][1], time.perf_counter())
+                    faces = await slot.recognize(decoded.image, detections)
+                    timings["recognize"] = (timings["detect"][1], time.perf_counter())
+                except (BatcherStoppedError, DetectorWorkerError) as error:
+                    raise UploadError(503, f"{error} Try again.") from None
+            finally:
+                decoded.release()
+        response.headers["Server-Timing"] = ", ".join(
+            f"{name};dur={1000 * (end - start):.1f}" for name, (start, end) in timings.items()
+        )
+        return {
+            "width": decoded.width,
+            "height": decoded.height,
+            "faces": [{**face.to_dict(), "box": decoded.to_file_box(face.box)} for face in faces],
+        }
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error as a short JSON ``{"detail": message}`` with its status."""
 
     @app.exception_handler(UploadError)
     async def upload_error(_: Request, error: UploadError) -> JSONResponse:
-        return JSONResponse({"detail": error.message}, status_code=error.status)
+        return JSONResponse({"detail": _short(error.message)}, status_code=error.status)
+
+    @app.exception_handler(ServerStoppingError)
+    async def server_stopping(_: Request, error: ServerStoppingError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(error)}, status_code=503, headers={"Connection": "close"}
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer lists every input back; one line is enough.
+        first = next(iter(error.errors()), {})
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return JSONResponse(
+            {"detail": _short(f"Invalid request: {where}: {first.get('msg', 'invalid')}.")},
+            status_code=422,
+        )
 
     @app.exception_handler(Exception)
     async def unexpected_error(_: Request, error: Exception) -> JSONResponse:
@@ -189,41 +355,25 @@ def create_app(
             status_code=500,
         )
 
+
+def add_routes(app: FastAPI, service: Service) -> None:
+    """``/``, ``/healthz``, ``/v1/labels`` and ``/v1/predict``."""
+    page = PAGE_PATH.read_text(encoding="utf-8")
+
     @app.get("/", include_in_schema=False)
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        """Whether the model is loaded, where it runs, and the batching so far."""
-        return {
-            "status": "ok",
-            "model_loaded": True,
-            "model": str(model),
-            "device": str(getattr(classifier, "device", "cpu")),
-            "precision": str(getattr(classifier, "precision", "fp32")),
-            "input_size": int(classifier.input_size),
-            "detector": pool.name,
-            "detector_workers": len(pool.detectors),
-            "labels": list(recognizer.labels),
-            "limits": {
-                "max_body_mb": limits.max_body_bytes / MEGABYTE,
-                "max_pixels": limits.max_pixels,
-                "body_timeout_s": limits.body_timeout_s,
-                "max_requests": limits.max_requests,
-            },
-            "requests_in_flight": in_flight,
-            "batching": {
-                "window_ms": batching.window_ms,
-                "max_faces": batching.max_faces,
-                **batcher.stats.to_dict(),
-            },
-        }
+        """Whether the model is loaded, what it is (``provenance``, and a ``warning`` for a
+        model trained on synthetic faces), where it runs, and the batching so far."""
+        return service.health()
 
     @app.get("/v1/labels")
     async def labels() -> dict[str, list[str]]:
         """The emotion names, in the order of the network's outputs."""
-        return {"labels": list(recognizer.labels)}
+        return {"labels": list(service.recognizer.labels)}
 
     @app.post(
         "/v1/predict",
@@ -234,54 +384,26 @@ def create_app(
     async def predict(request: Request, response: Response) -> dict[str, Any]:
         """The faces in one image and their emotions: send the image as the body
         (``Content-Type: image/jpeg``, ...) or as the form field ``image``."""
-        nonlocal in_flight
-        if in_flight >= limits.max_requests:
-            raise UploadError(
-                503, f"The server is busy ({limits.max_requests} requests at once); try again."
-            )
-        in_flight += 1
-        try:
-            return await answer(request, response)
-        finally:
-            in_flight -= 1
+        return await service.predict(request, response)
 
-    async def answer(request: Request, response: Response) -> dict[str, Any]:
-        started = time.perf_counter()
-        content_type = request.headers.get("content-type")
-        check_content_type(content_type)
-        try:
-            body = await asyncio.wait_for(
-                read_body(
-                    request.stream(), request.headers.get("content-length"), limits.max_body_bytes
-                ),
-                limits.body_timeout_s,
-            )
-        except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11
-            raise UploadError(
-                408, f"The request body did not arrive within {limits.body_timeout_s:g} s."
-            ) from None
-        data = image_bytes(content_type, body)
-        loop = asyncio.get_running_loop()
-        # Announced now, so that a batch being collected waits for this request's faces.
-        with batcher.incoming() as slot:
-            image = await loop.run_in_executor(decoders, decode_image, data, limits.max_pixels)
-            decoded = time.perf_counter()
-            try:
-                detections = await pool.detect(image)
-                detected = time.perf_counter()
-                faces = await slot.recognize(image, detections)
-            except (BatcherStoppedError, DetectorWorkerError) as error:
-                raise UploadError(503, f"{error} Try again.") from None
-        done = time.perf_counter()
-        response.headers["Server-Timing"] = ", ".join(
-            f"{name};dur={1000 * (end - start):.1f}"
-            for name, start, end in (
-                ("upload", started, decoded),
-                ("detect", decoded, detected),
-                ("recognize", detected, done),
-            )
-        )
-        height, width = image.shape[:2]
-        return {"width": width, "height": height, "faces": [face.to_dict() for face in faces]}
 
+def create_app(
+    recognizer: EmotionRecognizer,
+    limits: Limits | None = None,
+    batching: BatchPolicy | None = None,
+    detectors: Sequence[FaceDetector] | None = None,
+) -> FastAPI:
+    """The service over ``recognizer``. ``detectors`` (default: the recogniser's own) detect
+    faces in parallel, one thread each; ``limits`` bound what a request may send. The server
+    tells ``app.state.drain`` (a :class:`DrainNotice`) when a graceful shutdown begins."""
+    service = Service(recognizer, limits or Limits(), batching or BatchPolicy(), detectors)
+    app = FastAPI(
+        title="fer-lightning",
+        version=_package_version(),
+        description="Facial emotion recognition (Residual Masking Network) over HTTP.",
+        lifespan=service.lifespan,
+    )
+    app.state.drain = service.drain
+    add_error_handlers(app)
+    add_routes(app, service)
     return app

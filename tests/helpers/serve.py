@@ -85,3 +85,37 @@ def wait_until_ready(server: ServerProcess) -> None:
             pass
         time.sleep(0.25)
     raise AssertionError(f"fer-serve did not answer within {STARTUP_TIMEOUT_S} s:\n{server.log()}")
+
+
+@contextlib.contextmanager
+def small_app_server(
+    tmp_path: Path, **options: float | str
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``python -m tests.helpers.serve_app <free port> key=value...`` (the app over a small
+    network under ``run_server``), ready on entry, stopped with SIGTERM on exit; yields the
+    process (its log at ``process.log_path``) and the port."""
+    port = free_port()
+    command = [sys.executable, "-m", "tests.helpers.serve_app", str(port)]
+    command += [f"{key}={value}" for key, value in options.items()]
+    log_path = tmp_path / f"server-{port}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=ENV, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
+                    break
+            time.sleep(0.25)
+        process.log_path = log_path  # type: ignore[attr-defined]
+        yield process, port
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

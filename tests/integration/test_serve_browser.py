@@ -1,7 +1,8 @@
 """The web page in a real headless browser: Debian's Chromium and chromedriver, driven by
 Selenium (nothing downloaded), against a real ``fer-serve`` process. It uploads the bundled
 photo and checks that the face's box and label tag are drawn on the canvas; the screenshot is
-kept as a test artefact (``outputs/test-artifacts/serve_page.png``, git-ignored)."""
+kept as a test artefact (``outputs/test-artifacts/serve_page.png``, git-ignored). A model
+trained on synthetic faces gets a warning banner; others none."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from fer_lightning.inference.samples import ASTRONAUT_PATH
 from tests.helpers.inference import installed_detector, save_lightning_checkpoint
-from tests.helpers.serve import PROJECT_ROOT, running_server
+from tests.helpers.serve import PROJECT_ROOT, running_server, small_app_server
 
 pytestmark = pytest.mark.slow
 
@@ -84,6 +86,9 @@ def test_the_page_draws_the_face_and_label_of_an_uploaded_photo(tmp_path, monkey
     ):
         driver.get(f"{server.url}/")
         assert "emotion" in driver.title
+        banner = driver.find_element(By.ID, "model-warning")
+        WebDriverWait(driver, 30).until(lambda _: banner.get_attribute("data-checked") == "true")
+        assert not banner.is_displayed()  # a model not trained on synthetic faces: no banner
         driver.find_element(By.ID, "photo").send_keys(str(ASTRONAUT_PATH))
         result = driver.find_element(By.ID, "result")
         WebDriverWait(driver, ANSWER_TIMEOUT_S).until(
@@ -111,3 +116,26 @@ def test_the_page_draws_the_face_and_label_of_an_uploaded_photo(tmp_path, monkey
             pixel = driver.execute_script(PIXEL_JS, x, y)
             assert pixel == pytest.approx(rgb(drawn["color"]), abs=3), (x, y, pixel)
         assert "Traceback" not in server.log()
+
+
+def test_the_page_warns_above_everything_when_the_model_learned_from_synthetic_faces(
+    tmp_path, monkeypatch
+):
+    """A model trained on the project's synthetic demo faces: the page shows /healthz's
+    warning in a banner before any photo is sent."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    with (
+        chromium(tmp_path / "profile") as driver,
+        small_app_server(tmp_path, synthetic=1) as (_, port),
+    ):
+        url = f"http://127.0.0.1:{port}"
+        warning = httpx.get(f"{url}/healthz", timeout=30).json()["warning"]
+        assert "synthetic demo faces" in warning
+        driver.get(f"{url}/")
+        banner = driver.find_element(By.ID, "model-warning")
+        WebDriverWait(driver, 30).until(lambda _: banner.get_attribute("data-checked") == "true")
+        assert banner.is_displayed()
+        assert banner.text == warning

@@ -16,7 +16,7 @@ from tests.helpers.serve import small_app_server
 pytestmark = pytest.mark.slow
 
 MAX_EXAMPLES = 40
-MAX_TIME_S = 120
+MAX_TIME_S = 60
 CHECKS = (
     "not_a_server_error",
     "status_code_conformance",

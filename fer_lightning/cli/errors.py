@@ -21,10 +21,15 @@ class UserError(ValueError):
 
 
 def config_number(
-    cfg: Any, key: str, kind: type, optional: bool = False, minimum: float | None = None
+    cfg: Any,
+    key: str,
+    kind: type,
+    optional: bool = False,
+    minimum: float | None = None,
+    maximum: float | None = None,
 ) -> Any:
-    """The number at ``key`` of a command's config as ``kind`` (int or float); a
-    :class:`UserError` naming the key and the value when it is not one."""
+    """The number at ``key`` of a command's config as ``kind`` (int or float), within
+    [``minimum``, ``maximum``]; a :class:`UserError` naming the key and the value otherwise."""
     from omegaconf import OmegaConf
 
     value = OmegaConf.select(cfg, key)
@@ -36,6 +41,8 @@ def config_number(
         raise UserError(f"{key}={value!r}: expected a whole number.")
     if minimum is not None and value < minimum:
         raise UserError(f"{key}={value!r}: must be at least {minimum:g}.")
+    if maximum is not None and value > maximum:
+        raise UserError(f"{key}={value!r}: must be at most {maximum:g}.")
     return kind(value)
 
 

@@ -30,44 +30,55 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from fer_lightning.cli.config import hydra_entry, raw_override
+from fer_lightning.cli.config import hydra_entry, raw_override, typed_override
 from fer_lightning.cli.errors import UserError, config_number
-from fer_lightning.faces.crop import DEFAULT_MARGIN
+from fer_lightning.cli.recognizer import RecognizerOptions, build_recognizer, required_text
+from fer_lightning.faces.images import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageError, read_image
 from fer_lightning.inference.outputs import (
     TIMELINE_SUFFIX,
+    OutputFolderError,
     OutputNames,
     OutputWriteError,
+    StagedRun,
+    check_output_folder,
     partial_path,
     plan_output_names,
     write_bytes,
     write_image,
 )
+from fer_lightning.inference.recognizer import EmotionRecognizer
+from fer_lightning.inference.tables import (
+    BASE_COLUMNS,
+    CsvTableWriter,
+    emotion_shares,
+    face_rows,
+    frame_table,
+    shares_line,
+)
+from fer_lightning.inference.timeline import emotion_timeline_figure, figure_png
+from fer_lightning.inference.video import VideoError, frame_count, open_capture, predict_video
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 # Decoded pixels held at once by a group of images (100 MP: about 300 MB as BGR).
 GROUP_MAX_PIXELS = 100_000_000
 PREDICTIONS_JSONL, PREDICTIONS_CSV = "predictions.jsonl", "predictions.csv"
+# Up to this many images, each face's label is also printed on the console.
+PRINT_FACES_UP_TO = 10
+EXAMPLE = "fer-predict ckpt_path=best.ckpt source=photo.jpg (an image, folder, video or webcam 0)"
 
 
-@dataclass
-class PredictConfig:
-    """The options of ``conf/predict.yaml`` as plain values (paths as the user typed them)."""
+@dataclass(frozen=True)
+class PredictConfig(RecognizerOptions):
+    """The options of ``conf/predict.yaml`` as plain values (paths as the user typed them):
+    the recogniser's (:class:`RecognizerOptions`) and what to run it on."""
 
-    ckpt_path: str
     source: str
     output_dir: str
+    # The output_dir is the default, dated name: a taken one becomes <name>_2, <name>_3...
+    output_dir_is_default: bool
     save_faces: str | None
-    detector: str
-    detector_model: str | None
-    min_score: float | None
-    device: str
-    precision: str
-    arch: str | None
-    input_size: int | None
     batch_size: int
     image_batch: int
-    margin: float | None
-    align_faces: bool
     draw: bool
     max_frames: int | None
     every_n_frames: int
@@ -75,34 +86,28 @@ class PredictConfig:
 
     @classmethod
     def from_hydra(cls, cfg: DictConfig) -> PredictConfig:
-        """Read ``cfg``; path-like keys keep the text typed (``source=007`` is a folder name)."""
+        """Read and check ``cfg``; path-like keys keep the text typed (``source=007`` is a
+        folder name)."""
 
-        def path(key: str, value: Any) -> str | None:
-            return None if value is None else raw_override(key, value)
+        def number(key: str, optional: bool = False) -> Any:
+            return config_number(cfg, key, int, optional, minimum=1)
 
-        def number(key: str, kind: type, optional: bool = False) -> Any:
-            return config_number(cfg, key, kind, optional, None)
-
+        fields = cls.recognizer_fields(cfg, EXAMPLE)
+        source = required_text(cfg, "source", EXAMPLE)
+        typed_output = typed_override("output_dir")
+        save_faces = cfg.save_faces
         return cls(
-            ckpt_path=str(path("ckpt_path", cfg.ckpt_path)),
-            source=str(path("source", cfg.source)),
-            output_dir=str(path("output_dir", cfg.output_dir)),
-            save_faces=path("save_faces", cfg.save_faces),
-            detector=str(cfg.detector.name),
-            detector_model=path("detector.model_path", cfg.detector.model_path),
-            min_score=number("detector.min_score", float, optional=True),
-            device=str(cfg.device),
-            precision=str(cfg.precision),
-            arch=cfg.arch,
-            input_size=number("input_size", int, optional=True),
-            batch_size=number("batch_size", int),
-            image_batch=number("image_batch", int),
-            margin=number("margin", float, optional=True),
-            align_faces=bool(cfg.align_faces),
+            **fields,
+            source=source,
+            output_dir=typed_output if typed_output is not None else str(cfg.output_dir),
+            output_dir_is_default=typed_output is None,
+            save_faces=None if save_faces is None else raw_override("save_faces", save_faces),
+            batch_size=number("batch_size"),
+            image_batch=number("image_batch"),
             draw=bool(cfg.draw),
-            max_frames=number("max_frames", int, optional=True),
-            every_n_frames=number("every_n_frames", int),
-            recycle_every=number("recycle_every", int),
+            max_frames=number("max_frames", optional=True),
+            every_n_frames=number("every_n_frames"),
+            recycle_every=number("recycle_every"),
         )
 
 
@@ -117,12 +122,18 @@ class RunSummary:
     skipped: list[str] = field(default_factory=list)
 
     def line(self) -> str:
-        parts = [f"{self.images} images", f"{self.videos} videos"]
+        parts = [_count(self.images, "image"), _count(self.videos, "video")]
         if self.videos:
-            parts.append(f"{self.frames} frames")
-        parts += [f"{self.faces} faces", f"{self.without_faces} images without a face"]
+            parts.append(_count(self.frames, "frame"))
+        parts += [_count(self.faces, "face")]
+        parts += [f"{_count(self.without_faces, 'image')} without a face"]
         parts += [f"{len(self.failed)} failed", f"{len(self.skipped)} skipped"]
         return ", ".join(parts)
+
+
+def _count(number: int, noun: str) -> str:
+    """``1 image``, ``2 images``, ``0 images``."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 @dataclass(frozen=True)
@@ -136,19 +147,25 @@ class Input:
 
 
 def run_task(cfg: DictConfig) -> None:
-    """The Hydra task: exits with 0 (all inputs done), 1 (some failed) or 2 (bad command)."""
+    """The Hydra task: exits with 0 (all inputs done), 1 (some failed) or 2 (bad command, and
+    then nothing is written)."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     try:
         config = PredictConfig.from_hydra(cfg)
-        if min(config.batch_size, config.image_batch, config.recycle_every) < 1:
-            raise UserError("batch_size, image_batch and recycle_every must be at least 1.")
-        if config.every_n_frames < 1:
-            raise UserError(f"every_n_frames={config.every_n_frames}: must be at least 1.")
+        summary = RunSummary()
+        images, videos = collect_inputs(config, summary)
         check_output_dir(config)
-        recognizer = build_recognizer(config)
-        status = run(config, recognizer)
-    except UserError as error:
+        check_no_input_replaced(images + videos, Path(config.output_dir))
+        for key, folder in (("output_dir", config.output_dir), ("save_faces", config.save_faces)):
+            if folder is not None:
+                check_output_folder(Path(folder), key)
+        recognizer, _ = build_recognizer(config, config.batch_size)
+        warning = recognizer.provenance.warning if recognizer.provenance else None
+        if warning:
+            print(printable(f"warning: {warning}"), file=sys.stderr)
+        status = run(config, recognizer, images, videos, summary)
+    except (UserError, OutputFolderError) as error:
         print(printable(f"error: {error}"), file=sys.stderr)
         status = EXIT_USAGE
     except KeyboardInterrupt:
@@ -188,38 +205,13 @@ def check_no_input_replaced(inputs: list[Input], output_dir: Path) -> None:
                 f"output_dir={output_dir}: the annotated copy of {item.path} would replace the "
                 f"input {sources[target]}. Choose an output folder that holds no inputs."
             )
-
-
-def build_recognizer(config: PredictConfig):  # -> EmotionRecognizer
-    """The recogniser the configuration describes; :class:`UserError` for user mistakes."""
-    from fer_lightning.cli.errors import USER_ERRORS
-    from fer_lightning.inference import EmotionRecognizer
-
-    detector_options: dict[str, object] = {}
-    if config.min_score is not None:
-        detector_options["min_score"] = config.min_score
-    if config.detector_model is not None:
-        detector_options["model_path"] = config.detector_model
-    try:
-        from fer_lightning.inference.recognizer import detector_for_recognizer
-
-        detector = detector_for_recognizer(config.detector, **detector_options)
-        return EmotionRecognizer.from_checkpoint(
-            config.ckpt_path,
-            device=config.device,
-            detector=detector,
-            arch=config.arch,
-            precision=config.precision,
-            input_size=config.input_size,
-            batch_size=config.batch_size,
-            margin=DEFAULT_MARGIN if config.margin is None else config.margin,
-            align_faces=config.align_faces,
-        )
-    except (*USER_ERRORS, FileNotFoundError, ImportError) as error:
-        raise UserError(str(error)) from None
-    except (ValueError, RuntimeError) as error:
-        # Unknown detector or device names, unreadable ONNX files, ...
-        raise UserError(str(error)) from None
+    resolved = output_dir.resolve()
+    for path in sources.values():
+        if resolved in path.resolve().parents:
+            raise UserError(
+                f"output_dir={output_dir} holds the input {path}: a finished run replaces its "
+                "output folder whole. Choose an output folder that holds no inputs."
+            )
 
 
 class PredictionFiles:
@@ -227,8 +219,6 @@ class PredictionFiles:
     place at the end (also after Ctrl-C); after a write error the earlier files stay."""
 
     def __init__(self, output_dir: Path, labels: tuple[str, ...]) -> None:
-        from fer_lightning.inference.tables import CsvTableWriter
-
         self.targets = (output_dir / PREDICTIONS_JSONL, output_dir / PREDICTIONS_CSV)
         self.partials = tuple(partial_path(path) for path in self.targets)
         self._current = self.targets[0]
@@ -290,33 +280,46 @@ class PredictionFiles:
             partial.unlink(missing_ok=True)
 
 
+def no_face_row(source: str, output: str | None) -> dict[str, Any]:
+    """The table row of an image without a face: its source and output, every face column
+    empty (so that every image read has a row)."""
+    return {**dict.fromkeys(BASE_COLUMNS), "source": source, "output": output or ""}
+
+
 def _json_line(row: dict[str, Any]) -> dict[str, Any]:
     """A predictions.jsonl line from a table row: source, output, frame and time_s (videos),
-    face, box, score, label and probs."""
-    from fer_lightning.inference.tables import BASE_COLUMNS
-
+    face, box, score, label and probs (face, box, score, label and probs null for an image
+    without a face)."""
     line: dict[str, Any] = {"source": row["source"], "output": row["output"] or None}
     if row["frame"] is not None:
         line["frame"], line["time_s"] = row["frame"], row["time_s"]
     line["face"] = row["face"]
-    line["box"] = [row["x0"], row["y0"], row["x1"], row["y1"]]
+    has_face = row["face"] is not None
+    line["box"] = [row["x0"], row["y0"], row["x1"], row["y1"]] if has_face else None
     line["score"], line["label"] = row["score"], row["label"]
-    line["probs"] = {k: v for k, v in row.items() if k not in BASE_COLUMNS}
+    probs = {k: v for k, v in row.items() if k not in BASE_COLUMNS}
+    line["probs"] = probs if has_face else None
     return line
 
 
-def collect_inputs(
-    config: PredictConfig, summary: RunSummary
-) -> tuple[list[Input], list[Input]] | None:
-    """The images and videos of ``config.source``, each with its output names; None for a
-    webcam (handled by the caller)."""
-    from fer_lightning.faces.images import IMAGE_SUFFIXES, VIDEO_SUFFIXES
-
+def collect_inputs(config: PredictConfig, summary: RunSummary) -> tuple[list[Input], list[Input]]:
+    """The images and videos of ``config.source``, each with its output names (a webcam is
+    one video); a :class:`UserError` for a source that is not there."""
     source = config.source.strip()
-    if source.isdigit() and not Path(source).exists():
-        return None
-    found: list[tuple[Path, str, bool]] = []  # path, name, is_video
     path = Path(source)
+    if source.isdigit() and not path.exists():
+        try:
+            open_capture(int(source)).release()
+        except VideoError as error:
+            raise UserError(f"source={source}: {error}") from None
+        name = f"webcam{source}"
+        return [], [Input(int(source), name, f"{name}.mp4", name)]
+    if not path.exists():
+        raise UserError(
+            f"source={config.source}: no such file or folder (nor a webcam index); give an "
+            "image, a folder, a video file or a webcam index such as 0."
+        )
+    found: list[tuple[Path, str, bool]] = []  # path, name, is_video
     if path.is_dir():
         for item in sorted(p for p in path.rglob("*") if p.is_file()):
             if any(part.startswith(".") for part in item.relative_to(path).parts):
@@ -327,13 +330,8 @@ def collect_inputs(
             else:
                 summary.skipped.append(str(item))
                 report(f"{item}: skipped, not an image or video file (suffix {suffix!r}).")
-    elif path.suffix.lower() in VIDEO_SUFFIXES:
-        found.append((path, path.name, True))
-    elif path.exists():
-        found.append((path, path.name, False))
     else:
-        summary.failed.append(source)
-        report(f"{source}: no such file or folder, and not a webcam index.")
+        found.append((path, path.name, path.suffix.lower() in VIDEO_SUFFIXES))
     names = OutputNames(reserved=(PREDICTIONS_JSONL, PREDICTIONS_CSV))
     outputs = plan_output_names([(name, is_video) for _, name, is_video in found], names)
     crop_names = OutputNames()
@@ -344,29 +342,88 @@ def collect_inputs(
     return images, videos
 
 
-def run(config: PredictConfig, recognizer) -> int:
-    """Process ``config.source`` with ``recognizer``; prints a summary, returns the status."""
-    output_dir = Path(config.output_dir)
-    summary = RunSummary()
-    collected = collect_inputs(config, summary)
-    if collected is None:
-        name = f"webcam{config.source.strip()}"
-        images, videos = [], [Input(int(config.source.strip()), name, f"{name}.mp4", name)]
-    else:
-        images, videos = collected
-        check_no_input_replaced(images + videos, output_dir)
+@dataclass(frozen=True)
+class Destination:
+    """Where one run writes: staging folders for the results (and the crops), moved into
+    place when the run ends."""
+
+    results: StagedRun
+    crops: StagedRun | None
+
+    @property
+    def output_dir(self) -> Path:
+        return self.results.path
+
+    @property
+    def save_faces(self) -> Path | None:
+        return None if self.crops is None else self.crops.path
+
+    def shown(self, text: str) -> str:
+        """``text`` with the staging folders named as the folders they become."""
+        for staged in (self.results, self.crops):
+            if staged is not None:
+                text = text.replace(str(staged.path), str(staged.target))
+        return text
+
+    def discard(self) -> None:
+        for staged in (self.results, self.crops):
+            if staged is not None:
+                staged.discard()
+
+
+def run(
+    config: PredictConfig,
+    recognizer: EmotionRecognizer,
+    images: list[Input],
+    videos: list[Input],
+    summary: RunSummary,
+) -> int:
+    """Run ``recognizer`` on the inputs into staging folders, then move them into place;
+    prints a summary, returns the status.
+
+    A write error (a full disk) ends the run and keeps nothing of it; Ctrl-C keeps what was
+    done where the output folder was free, marked ``INCOMPLETE.txt`` (a webcam's run ends with
+    Ctrl-C: that is its normal end)."""
+    results = StagedRun(Path(config.output_dir), unique=config.output_dir_is_default)
+    crops = None if config.save_faces is None else StagedRun(Path(config.save_faces))
+    where = Destination(results, crops)
     # Timeline plots share the output folder's names with the annotated copies.
     names = OutputNames([PREDICTIONS_JSONL, PREDICTIONS_CSV, *(i.output for i in images + videos)])
+    interrupted = False
     try:
-        with PredictionFiles(output_dir, recognizer.labels) as files:
-            run_images(config, recognizer, images, output_dir, files, summary)
+        with PredictionFiles(where.output_dir, recognizer.labels) as files:
+            run_images(config, recognizer, images, where, files, summary)
             for video in videos:
                 timeline = names.claim(video.name + TIMELINE_SUFFIX)
-                run_video(config, recognizer, video, timeline, output_dir, files, summary)
+                run_video(config, recognizer, video, timeline, where, files, summary)
     except OutputWriteError as error:
-        summary.failed.append(str(error.path))
+        where.discard()
+        summary.failed.append(where.shown(str(error.path)))
+        report(f"error: {where.shown(str(error))}")
+        report(f"{summary.line()}. Nothing of this run was kept.")
+        return EXIT_SOME_FAILED
+    except KeyboardInterrupt:
+        interrupted = not (videos and isinstance(videos[0].path, int))
+    complete = not interrupted
+    note = (
+        f"This fer-predict run was interrupted: {summary.line()}. The files here are only "
+        "what it finished before that; run it again for every input."
+    )
+    try:
+        placed = results.finish(complete, note)
+        if crops is not None:
+            crops.finish(complete, note)
+    except OutputWriteError as error:
+        where.discard()
         report(f"error: {error}")
-    print(printable(f"{summary.line()}. Results in {output_dir}"), file=sys.stderr)
+        return EXIT_SOME_FAILED
+    if placed is None:
+        report(f"interrupted: {summary.line()}. {config.output_dir} keeps its earlier run.")
+        return EXIT_SOME_FAILED
+    if interrupted:
+        report(f"interrupted: {summary.line()}. Results so far in {placed} (INCOMPLETE.txt).")
+        return EXIT_SOME_FAILED
+    report(f"{summary.line()}. Results in {placed}")
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK
 
 
@@ -381,37 +438,53 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def face_lines(name: str, faces: list) -> list[str]:
+    """What a person reads for one image: ``face.jpg: happiness 86% at (10, 20, 90, 110)``
+    per face, or ``blank.png: no face``."""
+    if not faces:
+        return [f"{name}: no face"]
+    lines = []
+    for index, face in enumerate(faces):
+        which = f" face {index + 1}" if len(faces) > 1 else ""
+        box = ", ".join(str(int(v)) for v in face.box)
+        lines.append(f"{name}{which}: {face.label} {100 * face.confidence:.0f}% at ({box})")
+    return lines
+
+
 def run_images(
     config: PredictConfig,
-    recognizer,
+    recognizer: EmotionRecognizer,
     inputs: list[Input],
-    output_dir: Path,
+    where: Destination,
     files: PredictionFiles,
     summary: RunSummary,
 ) -> None:
     """Images in groups of ``config.image_batch`` (or fewer, when their pixels add up to
     ``GROUP_MAX_PIXELS``): read and detect each (reporting failures), then all faces of the
-    group through the network together."""
-    from fer_lightning.inference import ImageError, read_image
-    from fer_lightning.inference.tables import face_rows
-
+    group through the network together. Up to ``PRINT_FACES_UP_TO`` images, each face's label
+    is printed too."""
     progress = tqdm(total=len(inputs), unit="img", disable=len(inputs) < 2, file=sys.stderr)
     good: list[tuple[Input, np.ndarray, list]] = []
+    print_faces = len(inputs) <= PRINT_FACES_UP_TO
 
     def flush() -> None:
         if not good:
             return
         items, images, detections = zip(*good, strict=True)
         crop_names = [item.crops for item in items]
-        faces = recognizer.recognize(images, detections, config.save_faces, crop_names)
+        faces = recognizer.recognize(images, detections, where.save_faces, crop_names)
         for item, image, image_faces in zip(items, images, faces, strict=True):
             summary.images += 1
             summary.faces += len(image_faces)
             summary.without_faces += not image_faces
             output = item.output if config.draw else None
-            files.write(face_rows(image_faces, item.name, output))
+            rows = face_rows(image_faces, item.name, output) or [no_face_row(item.name, output)]
+            files.write(rows)
             if config.draw:
-                write_image(output_dir / item.output, recognizer.draw(image, image_faces))
+                write_image(where.output_dir / item.output, recognizer.draw(image, image_faces))
+            if print_faces:
+                for line in face_lines(item.name, image_faces):
+                    tqdm.write(printable(line))
         good.clear()
 
     # A group holds at most image_batch images and GROUP_MAX_PIXELS decoded pixels, so that
@@ -438,19 +511,15 @@ def run_images(
 
 def run_video(
     config: PredictConfig,
-    recognizer,
+    recognizer: EmotionRecognizer,
     video: Input,
     timeline: str,
-    output_dir: Path,
+    where: Destination,
     files: PredictionFiles,
     summary: RunSummary,
 ) -> None:
     """One video file or webcam: the annotated video, one row per face of each analysed
     frame, the emotions-over-time plot and a line with the share of each emotion."""
-    from fer_lightning.inference.tables import emotion_shares, face_rows, frame_table, shares_line
-    from fer_lightning.inference.timeline import emotion_timeline_figure, figure_png
-    from fer_lightning.inference.video import VideoError, frame_count, open_capture, predict_video
-
     try:
         capture = open_capture(video.path)
     except VideoError as error:
@@ -462,11 +531,11 @@ def run_video(
     if config.max_frames is not None and total is not None:
         total = min(total, config.max_frames)
     output = video.output if config.draw else None
-    save_faces = None if config.save_faces is None else Path(config.save_faces) / video.crops
+    save_faces = None if where.save_faces is None else where.save_faces / video.crops
     frames = predict_video(
         recognizer,
         video.path,
-        output_dir / video.output if config.draw else None,
+        where.output_dir / video.output if config.draw else None,
         max_frames=config.max_frames,
         every_n_frames=config.every_n_frames,
         recycle_every=config.recycle_every,
@@ -486,12 +555,12 @@ def run_video(
         summary.videos += 1
     finally:
         progress.close()
-    summary.frames += analysed
+        summary.frames += analysed
     if analysed:
         table = frame_table(rows, recognizer.labels)
         title = f"{video.name}: emotions over time ({analysed} frames analysed)"
         figure = emotion_timeline_figure(table, recognizer.labels, title)
-        write_bytes(output_dir / timeline, figure_png(figure))
+        write_bytes(where.output_dir / timeline, figure_png(figure))
         shares = shares_line(emotion_shares(table, recognizer.labels))
         with_faces = table["frame"].nunique()
         report(f"{video.name}: {analysed} frames analysed, faces in {with_faces}; {shares}")
@@ -500,8 +569,6 @@ def run_video(
 def _guarded(frames: Iterator, source: Path | int, summary: RunSummary) -> Iterator:
     """The frames, with a failure mid-video (or a video that ends early) reported instead of
     raised; output write errors go on up (they end the run)."""
-    from fer_lightning.inference.video import VideoError
-
     try:
         yield from frames
     except OutputWriteError:

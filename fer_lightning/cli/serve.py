@@ -9,37 +9,35 @@ command or checkpoint exits with 2, a port already in use with 1.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import sys
 from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from fer_lightning.cli.config import fail, hydra_entry, raw_override
+from fer_lightning.cli.config import fail, hydra_entry
 from fer_lightning.cli.errors import UserError, config_number
-from fer_lightning.faces.crop import DEFAULT_MARGIN
+from fer_lightning.cli.recognizer import RecognizerOptions, build_recognizer
+from fer_lightning.faces.detectors import FaceDetector
+from fer_lightning.inference.recognizer import EmotionRecognizer
 
+EXAMPLE = "fer-serve ckpt_path=best.ckpt (a .ckpt, .pt, .onnx or pretrained:<name>)."
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+# The [serve] extra: the app and its server (imported where used, so that --help and a bad
+# command get their answer without them).
+SERVE_MODULES = ("fastapi", "uvicorn", "multipart")
 
 
-@dataclass
-class ServeConfig:
-    """The options of ``conf/serve.yaml`` as plain values."""
+@dataclass(frozen=True)
+class ServeConfig(RecognizerOptions):
+    """The options of ``conf/serve.yaml`` as plain values: the recogniser's
+    (:class:`RecognizerOptions`) and the server's."""
 
-    ckpt_path: str
     host: str
     port: int
-    detector: str
-    detector_model: str | None
-    min_score: float | None
-    device: str
-    precision: str
-    arch: str | None
-    input_size: int | None
-    margin: float | None
-    align_faces: bool
     max_body_mb: float
     max_pixels: int
     batch_window_ms: float
@@ -53,36 +51,17 @@ class ServeConfig:
 
     @classmethod
     def from_hydra(cls, cfg: DictConfig) -> ServeConfig:
-        def number(key: str, kind: type, optional: bool = False, minimum: float = 0) -> Any:
-            return config_number(cfg, key, kind, optional, minimum)
+        def number(key: str, kind: type, minimum: float = 0, maximum: float | None = None) -> Any:
+            return config_number(cfg, key, kind, False, minimum, maximum)
 
-        if OmegaConf.is_missing(cfg, "ckpt_path"):
-            raise UserError(
-                "ckpt_path is required: fer-serve ckpt_path=best.ckpt (a .ckpt, .pt, .onnx or "
-                "pretrained:<name>)."
-            )
-        model_path = cfg.detector.model_path
+        fields = cls.recognizer_fields(cfg, EXAMPLE)
         log_level = str(cfg.log_level).lower()
         if log_level not in LOG_LEVELS:
             raise UserError(f"log_level={cfg.log_level!r}: choose one of {', '.join(LOG_LEVELS)}.")
-        port = number("port", int)
-        if port > 65535:
-            raise UserError(f"port={port}: must be at most 65535.")
         return cls(
-            ckpt_path=raw_override("ckpt_path", cfg.ckpt_path),
+            **fields,
             host=str(cfg.host),
-            port=port,
-            detector=str(cfg.detector.name),
-            detector_model=None
-            if model_path is None
-            else raw_override("detector.model_path", model_path),
-            min_score=number("detector.min_score", float, optional=True),
-            device=str(cfg.device),
-            precision=str(cfg.precision),
-            arch=cfg.arch,
-            input_size=number("input_size", int, optional=True),
-            margin=number("margin", float, optional=True),
-            align_faces=bool(cfg.align_faces),
+            port=number("port", int, maximum=65535),
             max_body_mb=number("max_body_mb", float, minimum=1e-6),
             max_pixels=number("max_pixels", int, minimum=1),
             batch_window_ms=number("batch_window_ms", float),
@@ -101,7 +80,14 @@ def run_task(cfg: DictConfig) -> None:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     try:
         config = ServeConfig.from_hydra(cfg)
-        recognizer, detectors = build_recognizer(config)
+        missing = [name for name in SERVE_MODULES if importlib.util.find_spec(name) is None]
+        if missing:
+            raise UserError(
+                f"fer-serve needs {', '.join(missing)}: pip install 'fer-lightning[serve]'"
+            )
+        recognizer, detectors = build_recognizer(
+            config, config.max_batch, detectors=config.detector_workers
+        )
     except UserError as error:
         fail(str(error))
     except KeyboardInterrupt:
@@ -109,42 +95,11 @@ def run_task(cfg: DictConfig) -> None:
     serve(config, recognizer, detectors)
 
 
-def build_recognizer(config: ServeConfig) -> tuple[Any, list[Any]]:
-    """The recogniser and ``detector_workers`` detectors (the recogniser's own first);
-    :class:`UserError` for the user's mistakes."""
-    from fer_lightning.cli.errors import USER_ERRORS
-    from fer_lightning.inference import EmotionRecognizer
-    from fer_lightning.inference.recognizer import detector_for_recognizer
-
-    options: dict[str, object] = {}
-    if config.min_score is not None:
-        options["min_score"] = config.min_score
-    if config.detector_model is not None:
-        options["model_path"] = config.detector_model
-    try:
-        detectors = [
-            detector_for_recognizer(config.detector, **options)
-            for _ in range(config.detector_workers)
-        ]
-        recognizer = EmotionRecognizer.from_checkpoint(
-            config.ckpt_path,
-            device=config.device,
-            detector=detectors[0],
-            arch=config.arch,
-            precision=config.precision,
-            input_size=config.input_size,
-            batch_size=config.max_batch,
-            margin=DEFAULT_MARGIN if config.margin is None else config.margin,
-            align_faces=config.align_faces,
-        )
-    except (*USER_ERRORS, FileNotFoundError, ImportError, ValueError, RuntimeError) as error:
-        # Also unknown detector or device names and unreadable ONNX files.
-        raise UserError(str(error)) from None
-    return recognizer, detectors
-
-
-def serve(config: ServeConfig, recognizer: Any, detectors: list[Any]) -> None:
+def serve(
+    config: ServeConfig, recognizer: EmotionRecognizer, detectors: list[FaceDetector]
+) -> None:
     """Run the app under uvicorn until a signal stops it."""
+    # The optional [serve] extra (checked by run_task).
     import uvicorn
 
     from fer_lightning.serve import BatchPolicy, Limits, create_app

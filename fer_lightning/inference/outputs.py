@@ -11,12 +11,27 @@ Writing: every file goes to a temporary name beside its target and is renamed in
 complete, so an earlier output is replaced only by a whole new one, and a full disk leaves the
 earlier files as they were. Names pass through Python as bytes (OpenCV never sees a path), so
 any file name the file system allows works.
+
+Runs: a run writes into a hidden staging folder beside its output folder and is moved into
+place when it ends (:class:`StagedRun`), so the output folder holds one whole run: the earlier
+one until the new one is complete, then the new one (an earlier run's folder is swapped out
+whole, never mixed with a new run's files). A run that is interrupted leaves its files in place
+only where there was nothing, with ``INCOMPLETE.txt`` saying so. A staging folder whose run
+was killed is removed by the next run in the same parent folder: its lock is free (the kernel
+releases a dead process's locks), which proves that no process writes there any more.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
+import fcntl
+import json
 import os
+import shutil
+import tempfile
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
@@ -29,6 +44,15 @@ WRITABLE_IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".
 VIDEO_OUTPUT_SUFFIX = ".mp4"
 TIMELINE_SUFFIX = ".emotions.png"
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+# Every finished or interrupted run's folder holds this file (JSON: what wrote it, whether the
+# run completed); a folder with it may be replaced whole by a later run.
+RUN_MARKER = ".fer-predict-run.json"
+INCOMPLETE_MARKER = "INCOMPLETE.txt"
+STAGING_PREFIX = ".fer-predict-staging-"
+
+
+class OutputFolderError(ValueError):
+    """The output folder cannot take a run (it holds other files, or is a file)."""
 
 
 class OutputWriteError(OSError):
@@ -154,3 +178,135 @@ def plan_output_names(inputs: Iterable[tuple[str, bool]], names: OutputNames) ->
         if name not in plan:
             plan[name] = names.claim(preferred)
     return plan
+
+
+def check_output_folder(target: Path, key: str = "output_dir") -> None:
+    """Refuse a ``target`` that holds anything but an earlier run's outputs (which a new run
+    replaces whole once it is complete)."""
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise OutputFolderError(f"{key}={target} is a file; name a folder.")
+    if not any(target.iterdir()) or (target / RUN_MARKER).is_file():
+        return
+    raise OutputFolderError(
+        f"{key}={target} already holds files that no fer-predict run of this version wrote "
+        f"(no {RUN_MARKER}): choose a new or empty folder, or remove them, so that results "
+        "and other files are never mixed."
+    )
+
+
+def remove_abandoned_staging(parent: Path) -> list[Path]:
+    """Remove the staging folders under ``parent`` whose run is dead (its lock is free, or it
+    has no lock file: the lock is made first and removed last); the folders removed."""
+    removed = []
+    for lock_path in parent.glob(f"{STAGING_PREFIX}*.lock"):
+        try:
+            with open(lock_path, "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                folder = lock_path.with_suffix("")
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+                lock_path.unlink(missing_ok=True)
+        except OSError:  # held by a live run (or unreadable): not provably abandoned
+            continue
+    for folder in parent.glob(f"{STAGING_PREFIX}*"):
+        if folder.is_dir() and not folder.with_name(folder.name + ".lock").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+class StagedRun:
+    """A hidden folder beside ``target`` that a run writes into, moved onto ``target`` by
+    :meth:`finish`. ``unique``: ``target`` is a default name, so a taken one becomes
+    ``target_2``, ``target_3``... instead of being replaced."""
+
+    def __init__(self, target: Path, unique: bool = False) -> None:
+        self.target = Path(target)
+        self.unique = unique
+        parent = self.target.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self.abandoned = remove_abandoned_staging(parent)
+            handle, lock_name = tempfile.mkstemp(prefix=STAGING_PREFIX, suffix=".lock", dir=parent)
+        except OSError as error:
+            raise OutputWriteError(parent, error) from None
+        self._lock_path = Path(lock_name)
+        self._lock = os.fdopen(handle, "w")
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self.path = self._lock_path.with_suffix("")
+        try:
+            self.path.mkdir()
+        except OSError as error:
+            self._release()
+            raise OutputWriteError(self.path, error) from None
+
+    def finish(self, complete: bool = True, note: str = "") -> Path | None:
+        """Mark the run (complete, or not with ``note``) and move it onto the output folder;
+        the folder it went to. An incomplete run is kept only where the folder is free (None:
+        discarded, the earlier run stays as it was)."""
+        record = {"command": "fer-predict", "complete": complete, "finished": time.time()}
+        try:
+            if not complete:
+                write_bytes(self.path / INCOMPLETE_MARKER, (note.strip() + "\n").encode())
+            write_bytes(self.path / RUN_MARKER, json.dumps(record).encode())
+            if self.unique:
+                return self._place_unique()
+            occupied = self.target.is_dir() and any(self.target.iterdir())
+            if occupied and not complete:
+                self.discard()
+                return None
+            if occupied and _exchange(self.path, self.target):
+                shutil.rmtree(self.path, ignore_errors=True)  # the earlier run, swapped out
+            elif occupied:
+                # No atomic exchange on this system: the earlier run is moved aside first (a
+                # kill between the two renames leaves the folder missing).
+                aside = self.path.with_name(self.path.name + "-replaced")
+                os.rename(self.target, aside)
+                os.rename(self.path, self.target)
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                os.replace(self.path, self.target)  # onto nothing, or an empty folder
+        except OSError as error:
+            self.discard()
+            raise OutputWriteError(self.target, error) from None
+        finally:
+            self._release()
+        return self.target
+
+    def _place_unique(self) -> Path:
+        for number in range(1, 10_000):
+            name = self.target.name if number == 1 else f"{self.target.name}_{number}"
+            candidate = self.target.with_name(name)
+            try:
+                os.rename(self.path, candidate)  # fails on a folder that holds anything
+            except OSError as error:
+                if error.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+                    continue
+                raise
+            return candidate
+        raise OSError(errno.EEXIST, f"no free name beside {self.target}")
+
+    def discard(self) -> None:
+        """Remove the staging folder and everything in it."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        self._release()
+
+    def _release(self) -> None:
+        if not self._lock.closed:
+            self._lock_path.unlink(missing_ok=True)
+            self._lock.close()
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two folders in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system or file system cannot."""
+    with contextlib.suppress(AttributeError, OSError):
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+        at_fdcwd, rename_exchange = -100, 2
+        return (
+            renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange)
+            == 0
+        )
+    return False

@@ -59,16 +59,29 @@ def test_folder_with_good_and_bad_files(checkpoint, tmp_path, capsys):
             assert f"{name}: skipped" in err
         else:
             assert name not in err
-    assert "6 images, 0 videos, 8 faces, 1 images without a face, 4 failed, 1 skipped" in err
+    assert "6 images, 0 videos, 8 faces, 1 image without a face, 4 failed, 1 skipped" in err
     lines = read_jsonl(out / "predictions.jsonl")
     per_source = {}
     for line in lines:
-        per_source[line["source"]] = per_source.get(line["source"], 0) + 1
         assert set(line) == {"source", "output", "face", "box", "score", "label", "probs"}
+        if line["face"] is None:  # an image without a face keeps one row, its face empty
+            assert line["box"] is None and line["label"] is None and line["probs"] is None
+            per_source[line["source"]] = 0
+            continue
+        per_source[line["source"]] = per_source.get(line["source"], 0) + 1
         assert sum(line["probs"].values()) == pytest.approx(1, abs=1e-4)
-    # One line per face: the blank image has none.
-    expected = {"face.jpg": 1, "nested/four.png": 4, "gray.png": 1, "rgba.png": 1, "deep.png": 1}
+    # One line per face, and one for the blank image, which has none: every image read.
+    expected = {
+        "face.jpg": 1,
+        "nested/four.png": 4,
+        "gray.png": 1,
+        "rgba.png": 1,
+        "deep.png": 1,
+        "blank.png": 0,
+    }
     assert per_source == expected
+    csv_rows = (out / "predictions.csv").read_text().splitlines()[1:]
+    assert len(csv_rows) == len(lines) and any(r.startswith("blank.png,") for r in csv_rows)
     assert (out / "nested" / "four.png").is_file() and (out / "blank.png").is_file()
     assert len(list((tmp_path / "crops").rglob("*.png"))) == 8
 
@@ -102,10 +115,11 @@ def test_missing_inputs_and_usage_errors_are_one_line(checkpoint, tmp_path, caps
         status = run_app(predict.main, list(args))
         return status, capsys.readouterr().err
 
+    # A source that is not there is a typed path: exit 2, and no output folder is made.
     cases = [
-        ((f"source={tmp_path / 'nope.mp4'}",), 1, "nope.mp4: no such video file"),
-        (("source=7",), 1, "webcam 7: no camera"),
-        ((f"source={tmp_path / 'absent'}",), 1, "absent: no such file or folder"),
+        ((f"source={tmp_path / 'nope.mp4'}",), 2, "nope.mp4: no such file or folder"),
+        (("source=7",), 2, "webcam 7: no camera"),
+        ((f"source={tmp_path / 'absent'}",), 2, "absent: no such file or folder"),
         (("source=x.jpg", "detecter=dlib"), 1, "Key 'detecter' is not in struct"),
         (("source=x.jpg", "batch_size=many"), 2, "batch_size='many': expected a number"),
     ]
@@ -115,7 +129,9 @@ def test_missing_inputs_and_usage_errors_are_one_line(checkpoint, tmp_path, caps
         )
         assert status == expected_status and message in err, err
         assert "Traceback" not in err
-    status, err = run(f"ckpt_path={tmp_path / 'absent.ckpt'}", "source=x.jpg")
+        assert not (tmp_path / "o").exists()
+    (tmp_path / "x.jpg").write_bytes(b"")
+    status, err = run(f"ckpt_path={tmp_path / 'absent.ckpt'}", f"source={tmp_path / 'x.jpg'}")
     assert status == 2 and "absent.ckpt does not exist" in err
 
 
@@ -135,8 +151,8 @@ def test_module_entry_point_reports_without_traceback(checkpoint, tmp_path):
         text=True,
         timeout=120,
     )
-    assert result.returncode == 1
-    assert "nope.mp4: no such video file" in result.stderr
+    assert result.returncode == 2
+    assert "nope.mp4: no such file or folder" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -309,4 +309,31 @@ def test_predict_warns_once_about_a_model_trained_on_synthetic_faces(photos, tmp
     torch.save(saved, path)
     assert predict_into(path, photos, tmp_path / "out") == 0
     err = capsys.readouterr().err
-    assert err.count("synthetic demo faces") == 1, err
+    assert err.count("Caution:") == 1 and "synthetic demo faces" in err, err
+
+
+@pytest.mark.slow
+def test_eval_scores_on_the_data_the_checkpoint_was_trained_on(tmp_path, capsys):
+    """No data=: the dataset the checkpoint records (here the synthetic faces), and the log
+    says so; data= on the command line still chooses."""
+    path = save_lightning_checkpoint(tmp_path / "demo.ckpt")
+    saved = torch.load(path, weights_only=True)
+    saved["hyper_parameters"]["training_data"] = {"dataset": "synthetic", "synthetic": True}
+    torch.save(saved, path)
+    common = [
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.log_dir={tmp_path / 'outputs'}",
+        "trainer=cpu",
+        "trainer.limit_test_batches=1",
+        "tta=false",
+    ]
+    status = run_app(eval_cli.main, [f"ckpt_path={path}", *common])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    (results,) = (tmp_path / "outputs").rglob("eval_results.json")
+    log = (results.parent / "eval.log").read_text()
+    assert "Evaluating on synthetic, the data the checkpoint was trained on" in log
+    assert log.count("Caution:") == 1  # the provenance warning, once
+    assert json.loads(results.read_text())["dataset"] == "synthetic"
+    status = run_app(eval_cli.main, [f"ckpt_path={path}", *common, "data=fer2013"])
+    assert status == 2 and "fer2013" in capsys.readouterr().err

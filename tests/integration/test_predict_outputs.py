@@ -275,6 +275,7 @@ def test_names_that_are_not_utf8_are_read_and_written(checkpoint, tmp_path, caps
     written = sorted(os.listdir(os.fsencode(out)))
     assert written == sorted(
         [
+            b".fer-predict-run.json",  # marks a finished run (StagedRun)
             b"caf\xe9.avi.emotions.png",
             b"caf\xe9.avi.mp4",
             b"ph\xe9to.jpg",

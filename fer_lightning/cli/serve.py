@@ -46,6 +46,11 @@ class ServeConfig(RecognizerOptions):
     body_timeout_s: float
     max_requests: int
     shutdown_timeout_s: int
+    header_timeout_s: float
+    keep_alive_s: float
+    max_connections: int
+    working_pixels: int
+    pixels_in_flight: int
     access_log: bool
     log_level: str
 
@@ -70,6 +75,11 @@ class ServeConfig(RecognizerOptions):
             body_timeout_s=number("body_timeout_s", float, minimum=1e-3),
             max_requests=number("max_requests", int, minimum=1),
             shutdown_timeout_s=number("shutdown_timeout_s", int),
+            header_timeout_s=number("header_timeout_s", float, minimum=1e-3),
+            keep_alive_s=number("keep_alive_s", float, minimum=1e-3),
+            max_connections=number("max_connections", int, minimum=1),
+            working_pixels=number("working_pixels", int, minimum=1),
+            pixels_in_flight=number("pixels_in_flight", int, minimum=1),
             access_log=bool(cfg.access_log),
             log_level=log_level,
         )
@@ -98,11 +108,10 @@ def run_task(cfg: DictConfig) -> None:
 def serve(
     config: ServeConfig, recognizer: EmotionRecognizer, detectors: list[FaceDetector]
 ) -> None:
-    """Run the app under uvicorn until a signal stops it."""
+    """Run the app (uvicorn, with timeouts and a cap on connections) until a signal stops it;
+    exit status 1 when it cannot start (a port in use, for instance)."""
     # The optional [serve] extra (checked by run_task).
-    import uvicorn
-
-    from fer_lightning.serve import BatchPolicy, Limits, create_app
+    from fer_lightning.serve import BatchPolicy, ConnectionLimits, Limits, create_app, run_server
     from fer_lightning.serve.uploads import MEGABYTE
 
     limits = Limits(
@@ -110,6 +119,8 @@ def serve(
         max_pixels=config.max_pixels,
         body_timeout_s=config.body_timeout_s,
         max_requests=config.max_requests,
+        working_pixels=config.working_pixels,
+        pixels_in_flight=config.pixels_in_flight,
     )
     app = create_app(
         recognizer,
@@ -122,14 +133,17 @@ def serve(
     stopped_by: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda number, _frame: stopped_by.append(number))
-    uvicorn.run(
+    started = run_server(
         app,
-        host=config.host,
-        port=config.port,
+        config.host,
+        config.port,
+        ConnectionLimits(config.header_timeout_s, config.keep_alive_s, config.max_connections),
         log_level=config.log_level,
         access_log=config.access_log,
-        timeout_graceful_shutdown=config.shutdown_timeout_s,
+        shutdown_timeout_s=config.shutdown_timeout_s,
     )
+    if not started:
+        fail(f"fer-serve could not start on {config.host}:{config.port} (see the log above).", 1)
     if stopped_by:
         print(f"fer-serve: stopped ({signal.Signals(stopped_by[0]).name}).", file=sys.stderr)
 

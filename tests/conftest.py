@@ -24,3 +24,20 @@ def manifest() -> dict:
 def golden_logits() -> dict:
     data = json.loads((REFERENCE_DIR / "golden_resmasking_dropout1.json").read_text())
     return data["logits"]["resmasking_dropout1"]
+
+
+UNIT_DIR = Path(__file__).parent / "unit"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """tests/unit/ holds fast tests only: a slow one there is a collection error, so that the
+    folders keep saying what they hold (slow tests live in tests/integration/)."""
+    misplaced = [
+        item.nodeid
+        for item in items
+        if item.get_closest_marker("slow") and UNIT_DIR in Path(str(item.fspath)).parents
+    ]
+    if misplaced:
+        raise pytest.UsageError(
+            "slow tests in tests/unit/ (move them to tests/integration/): " + ", ".join(misplaced)
+        )

@@ -6,13 +6,10 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-from tests.helpers.hydra import ENV
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 SCRIPTS = (
@@ -82,49 +79,3 @@ def test_run_info_records_machine_reference_and_ratios(tmp_path, capsys, monkeyp
         assert label == "bf16 setting" and record["skipped"] == []
     else:  # emulated bf16 is skipped by default, and said so
         assert label is None and record["skipped"][0].startswith("bf16 setting: bf16 is emulated")
-
-
-@pytest.mark.slow
-def test_gpu_benchmark_dry_run_covers_every_setting(tmp_path):
-    out = tmp_path / "gpu.json"
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "bench_gpu.py"), "--dry-run", "--json", str(out)],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr
-    record = json.loads(out.read_text())
-    trained = [record["reference"]["name"]] + [s["name"] for s in record["settings"]]
-    assert trained == ["fp32", "bf16-mixed", "bf16-mixed + channels-last"]
-    assert record["skipped"] == [
-        "bf16-mixed + channels-last + torch.compile: dry run without --compile"
-    ]
-    assert [row["batch"] for row in record["inference"]] == [1, 8, 64, 256]
-    assert all(row["value"] > 0 for row in record["inference"])
-    assert record["ddp"] == {"skipped": "dry run"}
-    assert record["dry_run"] is True and record["forward_gflops_per_image"] > 0
-    assert "fp32" in result.stdout and "batch 256" in result.stdout
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["bench_train.py"],
-        ["bench_data.py"],
-        ["bench_gpu.py"],
-        ["bench_inference.py", "speed"],
-    ],
-)
-def test_benchmark_help_mentions_json(command):
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / command[0]), *command[1:], "--help"],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "--json PATH" in result.stdout

@@ -309,31 +309,6 @@ class _TinyClassifier(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-@pytest.mark.slow
-def test_ddp_spawn_two_cpu_processes(tmp_path):
-    dm = FERDataModule(
-        "synthetic",
-        root=str(tmp_path),
-        batch_size=16,
-        num_workers=1,
-        persistent_workers=True,
-        input_size=32,
-        synthetic={"train_per_class": 4, "val_per_class": 2, "test_per_class": 2, "seed": 0},
-    )
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp_spawn",
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(_TinyClassifier(), datamodule=dm)
-    assert trainer.state.finished
-
-
 def test_batch_larger_than_the_training_set_with_drop_last_is_refused(tmp_path):
     dm = FERDataModule(
         "synthetic",

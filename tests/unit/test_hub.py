@@ -10,11 +10,9 @@ test uses the real ``resmasking_dropout1`` entry end to end.
 from __future__ import annotations
 
 import errno
-import filecmp
 import hashlib
 import logging
 import os
-import shutil
 import time
 import urllib.request
 from pathlib import Path
@@ -455,30 +453,3 @@ def test_unknown_names_are_refused_with_the_known_ones(server):
 def test_other_paths_are_returned_unchanged():
     assert resolve_checkpoint("runs/best.ckpt") == Path("runs/best.ckpt")
     assert resolve_checkpoint(Path("~/x.pt")) == Path("~/x.pt")
-
-
-@pytest.mark.slow
-def test_from_pretrained_matches_the_local_checkpoint_and_then_uses_the_cache(server, tmp_path):
-    from fer_lightning.inference import EmotionRecognizer
-    from fer_lightning.inference.samples import astronaut
-
-    filename = hub.PRETRAINED_FILES["resmasking_dropout1"].filename
-    local = tmp_path / "served" / filename
-    local.parent.mkdir()
-    torch.manual_seed(7)
-    torch.save({"net": create_model("resmasking_dropout1").state_dict()}, local)
-    server.files[filename] = local
-
-    image = astronaut()
-    downloaded = EmotionRecognizer.from_pretrained("resmasking_dropout1", detector="none")
-    reference = EmotionRecognizer.from_checkpoint(local, detector="none")
-    probs = downloaded.predict(image)[0].probs
-    assert probs == reference.predict(image)[0].probs
-    assert server.requests == [filename]
-    assert filecmp.cmp(cache_dir() / filename, local, shallow=False)
-
-    server.stop()
-    shutil.rmtree(local.parent)  # the second call can only read the cache
-    again = EmotionRecognizer.from_pretrained("resmasking_dropout1", detector="none")
-    assert again.predict(image)[0].probs == probs
-    assert server.requests == [filename]

@@ -27,7 +27,6 @@ from tests.helpers.inference import (
     installed_detector,
     png_with_claimed_size,
     save_lightning_checkpoint,
-    save_published_checkpoint,
 )
 
 
@@ -118,22 +117,6 @@ def test_draw_marks_each_face(recognizer):
     assert (drawn[y0, x0:x1] != photo[y0, x0:x1]).any()  # the box's top edge
     assert (drawn[:, x1 + 5 :] != photo[:, x1 + 5 :]).any()  # the bars beside it
     assert (recognizer.draw(photo, []) == photo).all()
-
-
-@pytest.mark.slow
-def test_resmasking_network_end_to_end(tmp_path):
-    path = save_published_checkpoint(tmp_path / "rmn.pt", arch="resmasking_dropout1")
-    recognizer = EmotionRecognizer.from_checkpoint(
-        path,
-        device="cpu",
-        detector=installed_detector(),
-        arch="resmasking_dropout1",
-        input_size=SMALL_INPUT,
-    )
-    (batch,) = recognizer.predict_batch([mosaic(astronaut(), 1, 2)])
-    assert len(batch) == 2
-    for face in batch:
-        assert_well_formed(face)
 
 
 def test_from_lightning_checkpoint_uses_its_input_size(tmp_path):

@@ -22,6 +22,7 @@ touched.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import os
@@ -74,9 +75,29 @@ def unique_dir(path: str) -> str:
             candidate.mkdir()
         except FileExistsError:
             continue
+        if not _created:
+            atexit.register(remove_empty_created_folders)
         _created[_key(candidate)] = missing_parents
         return str(candidate)
     raise AssertionError("unreachable")
+
+
+def remove_empty_created_folders() -> None:
+    """At exit: the run folders this process created and left empty go, with the parent
+    folders created for them when those are empty too. Hydra may resolve the run folder more
+    than once (``--help``, a config copied before the task runs), and a command that stops
+    before writing anything must leave nothing behind."""
+    for key, parents in list(_created.items()):
+        try:
+            Path(key).rmdir()  # only when empty
+        except OSError:
+            continue
+        del _created[key]
+        for parent in parents:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
 
 
 def run_dir(path: str, resume: dict[str, Any] | None = None) -> str:

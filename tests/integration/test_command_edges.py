@@ -337,3 +337,24 @@ def test_eval_scores_on_the_data_the_checkpoint_was_trained_on(tmp_path, capsys)
     assert json.loads(results.read_text())["dataset"] == "synthetic"
     status = run_app(eval_cli.main, [f"ckpt_path={path}", *common, "data=fer2013"])
     assert status == 2 and "fer2013" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args", [["--help"], [], ["data=jaffe"]], ids=["help", "missing-fer2013", "missing-jaffe"]
+)
+def test_train_help_and_refusals_leave_no_folder_when_the_process_ends(args, tmp_path):
+    """Hydra may resolve the run folder more than once (for --help, and on a copy of the config
+    before the task runs): whatever this process created and left empty is gone when it ends."""
+    logs, data = tmp_path / "outputs", tmp_path / "data"
+    result = subprocess.run(
+        [sys.executable, "-m", "fer_lightning.train", *args]
+        + [f"paths.log_dir={logs}", f"paths.data_dir={data}"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == (0 if args == ["--help"] else 2), result.stderr[-2000:]
+    assert not logs.exists(), everything_under(logs)

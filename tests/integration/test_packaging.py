@@ -151,9 +151,13 @@ def test_wheel_carries_conf_and_its_scripts_work_from_an_empty_folder(tmp_path):
     empty.mkdir()
     job = run([script("fer-train", bin_dir), "--cfg", "job"], cwd=empty)
     assert job.returncode == 0 and "arch: resmasking_dropout1" in job.stdout, job.stderr[-2000:]
-    for name in ("fer-eval", "fer-predict", "fer-export", "fer-serve"):
+    for name in COMMANDS:
         helped = run([script(name, bin_dir), "--help"], cwd=empty)
         assert helped.returncode == 0, helped.stderr[-2000:]
+        refused = run([script(name, bin_dir)], cwd=empty)  # no checkpoint, no FER2013
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        # A wheel keeps runs under the folder it is run from: --help and a refusal leave none.
+        assert not any(empty.iterdir()), (name, sorted(empty.rglob("*")))
     trained = run([script("fer-train", bin_dir), *TINY_DEMO], cwd=empty, timeout=600)
     assert trained.returncode == 0, trained.stderr[-3000:]
     # A wheel keeps its runs and data under the folder it is run from.

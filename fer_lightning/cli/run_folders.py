@@ -87,7 +87,8 @@ def remove_empty_created_folders() -> None:
     folders created for them when those are empty too. Hydra may resolve the run folder more
     than once (``--help``, a config copied before the task runs), and a command that stops
     before writing anything must leave nothing behind."""
-    for key, parents in list(_created.items()):
+    # Newest first: an earlier folder's parents are empty only once the later ones are gone.
+    for key, parents in reversed(list(_created.items())):
         try:
             Path(key).rmdir()  # only when empty
         except OSError:

@@ -348,8 +348,14 @@ def test_train_help_and_refusals_leave_no_folder_when_the_process_ends(args, tmp
     before the task runs): whatever this process created and left empty is gone when it ends."""
     logs, data = tmp_path / "outputs", tmp_path / "data"
     result = subprocess.run(
-        [sys.executable, "-m", "fer_lightning.train", *args]
-        + [f"paths.log_dir={logs}", f"paths.data_dir={data}"],
+        [
+            sys.executable,
+            "-m",
+            "fer_lightning.train",
+            *args,
+            f"paths.log_dir={logs}",
+            f"paths.data_dir={data}",
+        ],
         cwd=tmp_path,
         env=ENV,
         capture_output=True,

@@ -116,19 +116,6 @@ def test_golden_logits(size, manifest, golden_logits):
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
 
 
-def test_naive_ablation_ignores_its_masks(manifest):
-    """Same weights: the naive model equals the masked one with every mask output at zero."""
-    entries = manifest["resmasking_dropout1"]["keys"]
-    naive = load_recipe(create_model("resmasking_naive_dropout1"), entries)
-    masked = load_recipe(create_model("resmasking_dropout1"), entries)
-    x = recipe_input(64)
-    with torch.no_grad():
-        naive_out = naive(x)
-        assert not torch.allclose(naive_out, masked(x))
-        masked.apply_masks = False
-        torch.testing.assert_close(naive_out, masked(x))
-
-
 @pytest.mark.parametrize("depth", [1, 2, 3, 4])
 def test_masking_block_outputs_a_channel_softmax(depth):
     block = MaskingBlock(8, depth).eval()

@@ -274,7 +274,16 @@ def prepare_training(cfg: DictConfig) -> TrainingJob:
     ckpt_path = resolve_ckpt_path(cfg)
     loggers = instantiate_loggers(cfg)
     callbacks = instantiate_callbacks(cfg, with_logger=bool(loggers))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # Checkpoints are the callbacks' business: without a ModelCheckpoint (callbacks=none) Lightning
+    # would add its own and write a full checkpoint (1.65 GB for a Residual Masking Network) into
+    # the logger's folder, unasked.
+    checkpointing = any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        enable_checkpointing=checkpointing,
+    )
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     # The data are looked for (and parsed into the cache) before any weights are downloaded,
     # so that a missing dataset is the first thing a user hears about.

@@ -3,9 +3,11 @@
 :class:`IouTracker` matches the boxes of each analysed frame to the live tracks by box overlap
 (intersection over union), with the one-to-one assignment that maximises the total overlap
 (``scipy.optimize.linear_sum_assignment``, the Hungarian method, as SORT does). A track's box is
-carried forward with its recent motion, so two faces that cross keep their ids; a track missing
-from more than ``max_missed`` analysed frames in a row ends, and a face seen after that gets a
-new id. Frames skipped by ``every_n_frames`` are not analysed and so never count as misses.
+carried forward along its recent motion (a line fitted to its last sightings), so two faces
+that cross keep their ids even when one hides the other for a while; it also matches where it
+was last seen (a face that stopped, or came back where it left). A track missing from more than
+``max_missed`` analysed frames in a row ends, and a face seen after that gets a new id. Frames
+skipped by ``every_n_frames`` are not analysed and so never count as misses.
 
 It looks at boxes only (no appearance): a person who leaves the picture for longer than the
 limit comes back as a new track.
@@ -13,18 +15,16 @@ limit comes back as a new track.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.optimize import linear_sum_assignment
 
-# A missing track's box is carried along its motion for at most this many analysed frames, then
-# waits where it was (a face that stopped, or left and comes back, is looked for near its last
-# place rather than far along a line).
-MAX_EXTRAPOLATED_FRAMES = 5
-# Weight of the newest step in a track's motion (an exponential average of its steps).
-MOTION_WEIGHT = 0.5
+# A track's motion is the least-squares slope of its box centre over its last this many
+# sightings (robust to the detector's jitter, where a step-to-step difference is not).
+MOTION_HISTORY = 10
 
 
 def iou_matrix(first: ArrayLike, second: ArrayLike) -> np.ndarray:
@@ -47,13 +47,25 @@ def iou_matrix(first: ArrayLike, second: ArrayLike) -> np.ndarray:
 class _Track:
     track_id: int
     box: np.ndarray  # (4,) the last box seen
-    motion: np.ndarray = field(default_factory=lambda: np.zeros(4))  # (4,) per analysed frame
+    seen: deque[tuple[int, np.ndarray]] = field(
+        default_factory=lambda: deque(maxlen=MOTION_HISTORY)
+    )  # (analysed frame number, (2,) box centre) of the last sightings
     missed: int = 0  # analysed frames in a row without it
 
-    def predicted(self) -> np.ndarray:
-        """Where the box should be now: (4,)."""
-        steps = min(self.missed + 1, MAX_EXTRAPOLATED_FRAMES)
-        return self.box + steps * self.motion
+    def motion(self) -> np.ndarray:
+        """The centre's motion per analysed frame, (2,): a line fitted to the last sightings."""
+        if len(self.seen) < 2:
+            return np.zeros(2)
+        times = np.array([t for t, _ in self.seen], dtype=float)
+        centres = np.stack([c for _, c in self.seen])
+        times -= times.mean()
+        return (times @ (centres - centres.mean(axis=0))) / (times @ times)
+
+    def expected(self, frame: int) -> np.ndarray:
+        """Where the box should be in analysed frame ``frame``, following its motion: (4,)."""
+        last_frame = self.seen[-1][0]
+        shift = self.motion() * (frame - last_frame)
+        return self.box + np.tile(shift, 2)
 
 
 class IouTracker:
@@ -73,6 +85,7 @@ class IouTracker:
         self.min_iou = float(min_iou)
         self._tracks: list[_Track] = []
         self._next_id = 1
+        self._frame = -1  # analysed frames so far, less one
 
     @property
     def live_ids(self) -> list[int]:
@@ -83,10 +96,14 @@ class IouTracker:
         """The track id of each of ``boxes`` (N, 4) ``x0, y0, x1, y1`` of the next analysed
         frame, in their order; N may be 0. Tracks missed too long are ended first."""
         boxes = np.asarray(boxes, dtype=float).reshape(-1, 4)
+        self._frame += 1
         ids: list[int | None] = [None] * len(boxes)
         if self._tracks and len(boxes):
-            expected = np.stack([track.predicted() for track in self._tracks])
-            overlap = iou_matrix(expected, boxes)
+            # A face matches where its track is expected (moving on), or where it was last seen
+            # (a face that stopped, or came back where it left).
+            expected = np.stack([track.expected(self._frame) for track in self._tracks])
+            last = np.stack([track.box for track in self._tracks])
+            overlap = np.maximum(iou_matrix(expected, boxes), iou_matrix(last, boxes))
             rows, cols = linear_sum_assignment(overlap, maximize=True)
             for row, col in zip(rows, cols, strict=True):
                 if overlap[row, col] >= self.min_iou:
@@ -99,14 +116,18 @@ class IouTracker:
         self._tracks = [t for t in self._tracks if t.missed <= self.max_missed]
         for index, box in enumerate(boxes):
             if ids[index] is None:
-                self._tracks.append(_Track(self._next_id, box.copy()))
+                track = _Track(self._next_id, box.copy())
+                track.seen.append((self._frame, _centre(box)))
+                self._tracks.append(track)
                 ids[index] = self._next_id
                 self._next_id += 1
         return [int(i) for i in ids if i is not None]
 
-    @staticmethod
-    def _follow(track: _Track, box: np.ndarray) -> None:
-        step = (box - track.box) / (track.missed + 1)
-        track.motion = (1 - MOTION_WEIGHT) * track.motion + MOTION_WEIGHT * step
+    def _follow(self, track: _Track, box: np.ndarray) -> None:
         track.box = box.copy()
+        track.seen.append((self._frame, _centre(box)))
         track.missed = 0
+
+
+def _centre(box: np.ndarray) -> np.ndarray:
+    return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])

@@ -35,7 +35,7 @@ def test_iou_of_boxes():
     ("every_n_frames", "drop"), [(1, 0.0), (1, 0.1), (1, 0.3), (3, 0.1), (5, 0.0)]
 )
 def test_the_clip_scores_idf1_1_without_id_switches(clip, every_n_frames, drop):
-    """The README's figures: persons 1 and 2 cross (1 hidden behind 2 for ~14 frames), person 3
+    """The README's figures: persons 1 and 2 cross (1 hidden behind 2 for 18 frames), person 3
     leaves for 15 frames and comes back (same id), then for 40 (a new id), detector misses
     dropped in at random."""
     tracker = IouTracker(max_missed=30, min_iou=0.3)

@@ -45,7 +45,11 @@ class PeopleClip:
 
 
 def people_clip(
-    frames: int = 150, size: int = 120, max_missed: int = 30, fps: float = 25.0
+    frames: int = 150,
+    size: int = 120,
+    max_missed: int = 30,
+    fps: float = 25.0,
+    noise: float = 0.0,
 ) -> PeopleClip:
     """Three copies of the astronaut's head (as is; mirrored and blue-tinted; red-tinted) on a
     640x360 grey background: person 1 walks right and person 2 walks left, crossing in front
@@ -53,7 +57,9 @@ def people_clip(
     frames (within ``max_missed``), comes back, then leaves for 40 frames (more than
     ``max_missed``, so a tracker must give a new id) and comes back top left at frame 120.
     Deterministic; ``size`` is the side of each head image in pixels (the face about half of
-    it), ``frames`` at least 120."""
+    it), ``frames`` at least 120; ``noise`` the standard deviation of the Gaussian noise added
+    to every pixel of every frame, as a camera's (seeded)."""
+    rng = np.random.default_rng(0)
     height, width = 360, 640
     x0, y0, x1, y1 = HEAD_CROP
     face = cv2.resize(astronaut()[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_AREA)
@@ -104,6 +110,8 @@ def people_clip(
                 returns[person] += 1
             last_seen[person] = t
             ids[person] = 100 * returns[person] + person
+        if noise > 0:
+            canvas = np.clip(canvas + rng.normal(0, noise, canvas.shape), 0, 255).astype(np.uint8)
         video[t] = canvas
         truth.append(shown)
         person_ids.append(ids)

@@ -3,8 +3,9 @@
 :class:`IouTracker` matches the boxes of each analysed frame to the live tracks by box overlap
 (intersection over union), with the one-to-one assignment that maximises the total overlap
 (``scipy.optimize.linear_sum_assignment``, the Hungarian method, as SORT does). A track's box is
-carried forward along its recent motion (a line fitted to its last sightings), so two faces
-that cross keep their ids even when one hides the other for a while; it also matches where it
+carried forward along its recent motion (a line fitted to its last whole sightings; boxes of a
+partly hidden face do not count), so two faces that cross keep their ids even when one hides
+the other for a while; it also matches where it
 was last seen (a face that stopped, or came back where it left). A track missing from more than
 ``max_missed`` analysed frames in a row ends, and a face seen after that gets a new id. Frames
 skipped by ``every_n_frames`` are not analysed and so never count as misses.
@@ -25,6 +26,9 @@ from scipy.optimize import linear_sum_assignment
 # A track's motion is the least-squares slope of its box centre over its last this many
 # sightings (robust to the detector's jitter, where a step-to-step difference is not).
 MOTION_HISTORY = 10
+# A box narrower or shorter than this share of the track's recent ones shows part of the face
+# (partly hidden): it is matched, but does not move the track's motion.
+PARTIAL_SIZE = 0.9
 
 
 def iou_matrix(first: ArrayLike, second: ArrayLike) -> np.ndarray:
@@ -47,25 +51,34 @@ def iou_matrix(first: ArrayLike, second: ArrayLike) -> np.ndarray:
 class _Track:
     track_id: int
     box: np.ndarray  # (4,) the last box seen
+    # (analysed frame number, (4,) box) of the last whole sightings: the motion's evidence.
     seen: deque[tuple[int, np.ndarray]] = field(
         default_factory=lambda: deque(maxlen=MOTION_HISTORY)
-    )  # (analysed frame number, (2,) box centre) of the last sightings
+    )
     missed: int = 0  # analysed frames in a row without it
 
     def motion(self) -> np.ndarray:
-        """The centre's motion per analysed frame, (2,): a line fitted to the last sightings."""
+        """The box centre's motion per analysed frame, (2,): a line fitted to the last whole
+        sightings."""
         if len(self.seen) < 2:
             return np.zeros(2)
         times = np.array([t for t, _ in self.seen], dtype=float)
-        centres = np.stack([c for _, c in self.seen])
+        centres = np.stack([_centre(box) for _, box in self.seen])
         times -= times.mean()
         return (times @ (centres - centres.mean(axis=0))) / (times @ times)
 
     def expected(self, frame: int) -> np.ndarray:
-        """Where the box should be in analysed frame ``frame``, following its motion: (4,)."""
-        last_frame = self.seen[-1][0]
-        shift = self.motion() * (frame - last_frame)
-        return self.box + np.tile(shift, 2)
+        """Where the whole box should be in analysed frame ``frame``, following its motion from
+        the last whole sighting: (4,)."""
+        last_frame, last_box = self.seen[-1]
+        return last_box + np.tile(self.motion() * (frame - last_frame), 2)
+
+    def is_whole(self, box: np.ndarray) -> bool:
+        """Whether ``box`` (4,) shows the whole face: not much narrower or shorter than the
+        track's recent boxes (a face going behind another, or out of the picture, is
+        detected smaller and its centre stops; that must not count as motion)."""
+        sizes = np.stack([b[2:] - b[:2] for _, b in self.seen])
+        return bool(np.all(box[2:] - box[:2] >= PARTIAL_SIZE * np.median(sizes, axis=0)))
 
 
 class IouTracker:
@@ -117,15 +130,16 @@ class IouTracker:
         for index, box in enumerate(boxes):
             if ids[index] is None:
                 track = _Track(self._next_id, box.copy())
-                track.seen.append((self._frame, _centre(box)))
+                track.seen.append((self._frame, box.copy()))
                 self._tracks.append(track)
                 ids[index] = self._next_id
                 self._next_id += 1
         return [int(i) for i in ids if i is not None]
 
     def _follow(self, track: _Track, box: np.ndarray) -> None:
+        if track.is_whole(box):
+            track.seen.append((self._frame, box.copy()))
         track.box = box.copy()
-        track.seen.append((self._frame, _centre(box)))
         track.missed = 0
 
 

@@ -72,6 +72,26 @@ def test_two_boxes_crossing_with_misses_keep_their_ids():
     assert {frame["left"] for frame in ids_seen if "left" in frame} == {1}
 
 
+def test_a_face_seen_in_part_as_it_goes_behind_another_keeps_its_id():
+    """As a real detector does: the hidden face's box narrows to its visible part before it is
+    lost and comes back narrow; those boxes must not stop the track's motion (or it loses the
+    face after the crossing)."""
+    tracker = IouTracker(max_missed=30, min_iou=0.3)
+    ids, hidden = [], 0
+    for step in range(140):
+        x, front = 10 + 2 * step, 400 - 2 * step  # walks right; walks left, in front
+        visible = (x, min(x + 50, front)) if x < front else (max(x, front + 50), x + 50)
+        boxes = [(front, 182, front + 50, 242)]
+        if visible[1] - visible[0] >= 35:  # a detector finds it while 70% of it shows
+            boxes.append((visible[0], 160, visible[1], 222))
+        else:
+            hidden += 1
+        ids.append(tracker.update(boxes))
+    assert hidden >= 14
+    assert {frame[0] for frame in ids} == {1}
+    assert {frame[1] for frame in ids if len(frame) == 2} == {2}
+
+
 @pytest.mark.parametrize("max_missed", [0, 3, 30])
 def test_a_face_back_within_the_limit_keeps_its_id_and_after_it_gets_a_new_one(max_missed):
     box = (100, 100, 200, 200)

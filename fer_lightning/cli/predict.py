@@ -5,9 +5,11 @@ images, folders, videos and webcams. Options and their defaults: ``conf/predict.
 The output folder gets an annotated copy of each input under its own name
 (:mod:`fer_lightning.inference.outputs`: same relative path, ``d.gif`` -> ``d.gif.png``,
 ``clip.avi`` -> ``clip.avi.mp4``, never two inputs on one name), per video an emotions-over-time
-plot (``<video>.emotions.png``), and the predictions twice: ``predictions.jsonl`` (one JSON line
-per face) and ``predictions.csv`` (one row per face: source, output, frame, time_s, box, score,
-label, one column per emotion; :mod:`fer_lightning.inference.tables`). Every file is written
+plot (``<video>.emotions.png``, one row per person when tracking), and the predictions twice:
+``predictions.jsonl`` (one JSON line per face) and ``predictions.csv`` (one row per face:
+source, output, frame, time_s, box, score, label, one column per emotion, then track_id and the
+smoothed label and probabilities for tracked videos; :mod:`fer_lightning.inference.tables`);
+with videos and ``track=true`` also ``tracks.csv``, one row per person. Every file is written
 whole or not at all. Bad inputs are reported one line each and skipped; the exit status is 1 if
 any failed (also a video that ends early, or outputs that could not be written, e.g. on a
 full disk), 2 for a bad command or checkpoint.
@@ -27,6 +29,7 @@ from typing import IO, Any
 
 import cv2
 import numpy as np
+import pandas as pd
 from omegaconf import DictConfig
 from tqdm import tqdm
 
@@ -46,14 +49,18 @@ from fer_lightning.inference.outputs import (
     write_bytes,
     write_image,
 )
+from fer_lightning.inference.people import TrackingOptions
 from fer_lightning.inference.recognizer import EmotionRecognizer
+from fer_lightning.inference.smoothing import check_smoothing
 from fer_lightning.inference.tables import (
     BASE_COLUMNS,
+    TRACK_COLUMNS,
     CsvTableWriter,
     emotion_shares,
     face_rows,
     frame_table,
     shares_line,
+    tracks_table,
 )
 from fer_lightning.inference.timeline import emotion_timeline_figure, figure_png
 from fer_lightning.inference.video import VideoError, frame_count, open_capture, predict_video
@@ -62,6 +69,7 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 # Decoded pixels held at once by a group of images (100 MP: about 300 MB as BGR).
 GROUP_MAX_PIXELS = 100_000_000
 PREDICTIONS_JSONL, PREDICTIONS_CSV = "predictions.jsonl", "predictions.csv"
+TRACKS_CSV = "tracks.csv"
 # Up to this many images, each face's label is also printed on the console.
 PRINT_FACES_UP_TO = 10
 EXAMPLE = "fer-predict ckpt_path=best.ckpt source=photo.jpg (an image, folder, video or webcam 0)"
@@ -83,6 +91,8 @@ class PredictConfig(RecognizerOptions):
     max_frames: int | None
     every_n_frames: int
     recycle_every: int
+    # How faces are followed in videos; None with track=false.
+    tracking: TrackingOptions | None
 
     @classmethod
     def from_hydra(cls, cfg: DictConfig) -> PredictConfig:
@@ -108,7 +118,25 @@ class PredictConfig(RecognizerOptions):
             max_frames=number("max_frames", optional=True),
             every_n_frames=number("every_n_frames"),
             recycle_every=number("recycle_every"),
+            tracking=tracking_options(cfg),
         )
+
+
+def tracking_options(cfg: DictConfig) -> TrackingOptions | None:
+    """``track``, ``track_max_missed``, ``track_min_iou`` and ``smoothing`` checked; None
+    with ``track=false``. A :class:`UserError` naming the key and value otherwise."""
+    track = cfg.track
+    if not isinstance(track, bool):
+        raise UserError(f"track={track!r}: expected true or false.")
+    max_missed = config_number(cfg, "track_max_missed", int, minimum=0)
+    min_iou = config_number(cfg, "track_min_iou", float, maximum=1)
+    if min_iou <= 0:
+        raise UserError(f"track_min_iou={cfg.track_min_iou!r}: must be above 0 (and at most 1).")
+    try:
+        smoothing = check_smoothing(cfg.smoothing)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    return TrackingOptions(max_missed, min_iou, smoothing) if track else None
 
 
 @dataclass
@@ -297,8 +325,16 @@ def _json_line(row: dict[str, Any]) -> dict[str, Any]:
     has_face = row["face"] is not None
     line["box"] = [row["x0"], row["y0"], row["x1"], row["y1"]] if has_face else None
     line["score"], line["label"] = row["score"], row["label"]
-    probs = {k: v for k, v in row.items() if k not in BASE_COLUMNS}
+    probs = {
+        k: v
+        for k, v in row.items()
+        if k not in BASE_COLUMNS and k not in TRACK_COLUMNS and not k.startswith("smoothed_")
+    }
     line["probs"] = probs if has_face else None
+    if row.get("track_id") is not None:
+        line["track_id"] = row["track_id"]
+        line["smoothed_label"] = row["smoothed_label"]
+        line["smoothed_probs"] = {k: row[f"smoothed_{k}"] for k in probs}
     return line
 
 
@@ -332,7 +368,7 @@ def collect_inputs(config: PredictConfig, summary: RunSummary) -> tuple[list[Inp
                 report(f"{item}: skipped, not an image or video file (suffix {suffix!r}).")
     else:
         found.append((path, path.name, path.suffix.lower() in VIDEO_SUFFIXES))
-    names = OutputNames(reserved=(PREDICTIONS_JSONL, PREDICTIONS_CSV))
+    names = OutputNames(reserved=(PREDICTIONS_JSONL, PREDICTIONS_CSV, TRACKS_CSV))
     outputs = plan_output_names([(name, is_video) for _, name, is_video in found], names)
     crop_names = OutputNames()
     images, videos = [], []
@@ -388,14 +424,17 @@ def run(
     crops = None if config.save_faces is None else StagedRun(Path(config.save_faces))
     where = Destination(results, crops)
     # Timeline plots share the output folder's names with the annotated copies.
-    names = OutputNames([PREDICTIONS_JSONL, PREDICTIONS_CSV, *(i.output for i in images + videos)])
+    names = OutputNames(
+        [PREDICTIONS_JSONL, PREDICTIONS_CSV, TRACKS_CSV, *(i.output for i in images + videos)]
+    )
     interrupted = False
+    people: list[pd.DataFrame] = []  # tracks.csv's rows, per video
     try:
         with PredictionFiles(where.output_dir, recognizer.labels) as files:
             run_images(config, recognizer, images, where, files, summary)
             for video in videos:
                 timeline = names.claim(video.name + TIMELINE_SUFFIX)
-                run_video(config, recognizer, video, timeline, where, files, summary)
+                run_video(config, recognizer, video, timeline, where, files, summary, people)
     except OutputWriteError as error:
         where.discard()
         summary.failed.append(where.shown(str(error.path)))
@@ -404,6 +443,13 @@ def run(
         return EXIT_SOME_FAILED
     except KeyboardInterrupt:
         interrupted = not (videos and isinstance(videos[0].path, int))
+    try:
+        if config.tracking is not None and videos:
+            write_tracks(where.output_dir / TRACKS_CSV, people, recognizer.labels)
+    except OutputWriteError as error:
+        where.discard()
+        report(f"error: {where.shown(str(error))}")
+        return EXIT_SOME_FAILED
     complete = not interrupted
     note = (
         f"This fer-predict run was interrupted: {summary.line()}. The files here are only "
@@ -425,6 +471,16 @@ def run(
         return EXIT_SOME_FAILED
     report(f"{summary.line()}. Results in {placed}")
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK
+
+
+def write_tracks(path: Path, people: list[pd.DataFrame], labels: tuple[str, ...]) -> None:
+    """tracks.csv: the videos' people tables one after the other (a header only when no face
+    was tracked)."""
+    empty = tracks_table(frame_table([], labels), labels)
+    table = pd.concat([empty, *people], ignore_index=True) if people else empty
+    write_bytes(
+        path, table.to_csv(index=False, lineterminator="\n").encode("utf-8", "backslashreplace")
+    )
 
 
 def report(message: str) -> None:
@@ -517,9 +573,12 @@ def run_video(
     where: Destination,
     files: PredictionFiles,
     summary: RunSummary,
+    people: list[pd.DataFrame] | None = None,
 ) -> None:
     """One video file or webcam: the annotated video, one row per face of each analysed
-    frame, the emotions-over-time plot and a line with the share of each emotion."""
+    frame, the emotions-over-time plot and a line with the share of each emotion. With
+    tracking, its people (:func:`tracks_table`) are added to ``people``. A webcam stopped with
+    Ctrl-C (its normal end) gets its plot and people too, then the interrupt goes on."""
     try:
         capture = open_capture(video.path)
     except VideoError as error:
@@ -540,10 +599,12 @@ def run_video(
         every_n_frames=config.every_n_frames,
         recycle_every=config.recycle_every,
         save_faces=save_faces,
+        tracking=config.tracking,
     )
     progress = tqdm(total=total, unit="frame", desc=printable(video.name), file=sys.stderr)
     rows: list[dict[str, Any]] = []
     analysed = 0
+    stopped: KeyboardInterrupt | None = None
     try:
         for result in _guarded(frames, video.path, summary):
             analysed += 1
@@ -553,17 +614,30 @@ def run_video(
             rows += frame_rows
             progress.update(result.index + 1 - progress.n)
         summary.videos += 1
+    except KeyboardInterrupt as interrupt:
+        if not isinstance(video.path, int):
+            raise
+        stopped = interrupt
+        summary.videos += 1
     finally:
         progress.close()
         summary.frames += analysed
+    table = frame_table(rows, recognizer.labels)
     if analysed:
-        table = frame_table(rows, recognizer.labels)
         title = f"{video.name}: emotions over time ({analysed} frames analysed)"
         figure = emotion_timeline_figure(table, recognizer.labels, title)
         write_bytes(where.output_dir / timeline, figure_png(figure))
         shares = shares_line(emotion_shares(table, recognizer.labels))
         with_faces = table["frame"].nunique()
-        report(f"{video.name}: {analysed} frames analysed, faces in {with_faces}; {shares}")
+        line = f"{video.name}: {analysed} frames analysed, faces in {with_faces}; {shares}"
+        if config.tracking is not None:
+            count = int(table["track_id"].nunique())
+            line += f"; {count} {'person' if count == 1 else 'people'} (tracks)"
+        report(line)
+    if config.tracking is not None and people is not None:
+        people.append(tracks_table(table, recognizer.labels))
+    if stopped is not None:
+        raise stopped
 
 
 def _guarded(frames: Iterator, source: Path | int, summary: RunSummary) -> Iterator:

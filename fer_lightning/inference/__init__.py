@@ -43,6 +43,14 @@ _EXPORTS = {
     "astronaut": "fer_lightning.inference.samples",
     "mosaic": "fer_lightning.inference.samples",
     "predict_video": "fer_lightning.inference.video",
+    "predict_frames": "fer_lightning.inference.video",
+    "FaceTracks": "fer_lightning.inference.people",
+    "TrackingOptions": "fer_lightning.inference.people",
+    "IouTracker": "fer_lightning.inference.tracking",
+    "ProbabilitySmoother": "fer_lightning.inference.smoothing",
+    "PeopleClip": "fer_lightning.inference.samples",
+    "people_clip": "fer_lightning.inference.samples",
+    "tracks_table": "fer_lightning.inference.tables",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -24,7 +24,9 @@ class LabelledFace(Protocol):
 
 def draw_faces(image_bgr: np.ndarray, faces: Sequence[LabelledFace]) -> np.ndarray:
     """A copy of ``image_bgr`` (H, W, 3) uint8 with, per face, its box, ``label p%`` above it
-    and a bar per class beside it (right of the box, or left where the right has no room)."""
+    and a bar per class beside it (right of the box, or left where the right has no room).
+    A tracked face (with ``track_id`` and ``smoothed_probs``) shows ``#id label p%`` and its
+    bars from the smoothed probabilities."""
     canvas = image_bgr.copy()
     height, width = canvas.shape[:2]
     # Text and lines scale with the image so that they stay legible on large photos.
@@ -33,7 +35,12 @@ def draw_faces(image_bgr: np.ndarray, faces: Sequence[LabelledFace]) -> np.ndarr
     for face in faces:
         x0, y0, x1, y1 = (int(v) for v in face.box)
         cv2.rectangle(canvas, (x0, y0), (x1, y1), BOX_COLOUR, thickness)
-        caption = f"{face.label} {100 * face.probs[face.label]:.0f}%"
+        probs = getattr(face, "smoothed_probs", None) or face.probs
+        label = max(probs, key=probs.__getitem__) if probs is not face.probs else face.label
+        track_id = getattr(face, "track_id", None)
+        caption = f"{label} {100 * probs[label]:.0f}%"
+        if track_id is not None:
+            caption = f"#{track_id} {caption}"
         layout = caption_layout(caption, (x0, y0, x1, y1), (width, height), scale, thickness)
         cv2.rectangle(
             canvas, (layout.left, layout.top), (layout.right, layout.bottom), BOX_COLOUR, -1
@@ -47,7 +54,7 @@ def draw_faces(image_bgr: np.ndarray, faces: Sequence[LabelledFace]) -> np.ndarr
             (0, 0, 0),
             layout.thickness,
         )
-        _draw_bars(canvas, face.probs, (x0, y0, x1, y1), scale)
+        _draw_bars(canvas, probs, (x0, y0, x1, y1), scale)
     return canvas
 
 

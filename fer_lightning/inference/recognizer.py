@@ -210,10 +210,14 @@ class EmotionRecognizer:
         self, source: str | Path | int, output_path: str | Path | None = None, **options: object
     ) -> pd.DataFrame:
         """Every analysed frame of a video file (or webcam index) as a DataFrame, one row per
-        face with ``frame`` and ``time_s`` (the columns of predictions.csv). ``output_path``
+        face with ``frame`` and ``time_s`` (the columns of predictions.csv), and each face's
+        ``track_id`` and smoothed probabilities (``tracking=TrackingOptions(max_missed,
+        min_iou, smoothing)``, on by default; ``tracking=None`` leaves those columns empty;
+        ``tables.tracks_table`` makes tracks.csv's one row per person from it). ``output_path``
         writes the annotated video; ``options``: ``every_n_frames``, ``max_frames``,
-        ``frame_batch``, ``save_faces`` (:func:`fer_lightning.inference.video.predict_video`).
-        Raises ``TruncatedVideoError`` for a file that ends before its announced length."""
+        ``frame_batch``, ``save_faces``, ``tracking``
+        (:func:`fer_lightning.inference.video.predict_video`). Raises ``TruncatedVideoError``
+        for a file that ends before its announced length."""
         return video_table(self, source, output_path, **options)
 
     def draw(self, image: object, faces: Sequence[FacePrediction]) -> np.ndarray:

@@ -4,7 +4,10 @@ Frames are read with OpenCV, faces found by the recogniser's detector (in a recy
 process for ``yunet``, whose memory leak would otherwise grow with the video), and the faces
 of ``frame_batch`` frames go through the network together. Each result carries the frame's
 index and time. ``every_n_frames`` analyses every n-th frame only; the annotated video still
-has every frame, the ones in between showing the latest analysed faces.
+has every frame, the ones in between showing the latest analysed faces. With ``tracking`` (the
+default) every face gets its person's ``track_id`` and smoothed probabilities
+(:mod:`fer_lightning.inference.people`), and the annotated video shows the id and the smoothed
+label. :func:`predict_frames` does the same for any iterator of images (a live stream).
 
 A file that ends before the frame count its header announces (a truncated download, a copy
 cut short) raises :class:`TruncatedVideoError` after the frames that could be read.
@@ -16,7 +19,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,7 @@ from fer_lightning.faces.detector_worker import RecycledDetector
 from fer_lightning.faces.detectors import FaceDetector
 from fer_lightning.inference.drawing import draw_faces
 from fer_lightning.inference.outputs import OutputWriteError, partial_path
+from fer_lightning.inference.people import FaceTracks, TrackingOptions
 from fer_lightning.inference.predictions import FacePrediction, FaceRecognizer
 from fer_lightning.inference.tables import face_rows, frame_table
 
@@ -133,6 +137,7 @@ def predict_video(
     recycle_every: int = 500,
     save_faces: str | Path | None = None,
     fourcc: str = "mp4v",
+    tracking: TrackingOptions | None = TrackingOptions(),  # noqa: B008 (frozen, never changed)
 ) -> Iterator[FrameResult]:
     """Yield the faces of every ``every_n_frames``-th frame of ``source`` (a video file or a
     webcam index), with the frame's index and time.
@@ -141,11 +146,13 @@ def predict_video(
     frame rate, ``fourcc`` codec) under a temporary name and renamed into place when the
     generator is exhausted or closed; after an error there is none. ``max_frames`` stops
     after that many frames (webcams run until it, or forever). ``save_faces`` writes crops as
-    ``frame<index>_face<j>.png``. Raises :class:`TruncatedVideoError` after the last frame of
-    a file that ends early.
+    ``frame<index>_face<j>.png``. ``tracking`` gives each face its ``track_id`` and smoothed
+    probabilities (None: faces are not tracked). Raises :class:`TruncatedVideoError` after the
+    last frame of a file that ends early.
     """
     if every_n_frames < 1:
         raise ValueError(f"every_n_frames must be at least 1, not {every_n_frames}.")
+    people = None if tracking is None else tracking.tracker()
     capture = open_capture(source)
     expected = None if isinstance(source, int) else frame_count(capture)
     frames = _FrameReader(capture, isinstance(source, int), max_frames, every_n_frames)
@@ -159,7 +166,9 @@ def predict_video(
                 writer = _AnnotatedVideo(Path(output_path), batch[0].image, frames.fps, fourcc)
             found = _recognize(recognizer, detector, batch, save_faces)
             for frame in batch:  # in reading order
-                latest = found.get(frame.index, latest)
+                if frame.index in found:
+                    latest = _tracked(people, found[frame.index])
+                    found[frame.index] = latest
                 if writer is not None:
                     writer.write(draw_faces(frame.image, latest))
                 if frame.index in found:
@@ -176,6 +185,25 @@ def predict_video(
             detector.close()
     if expected is not None and frames.stopped_short_of(expected):
         raise TruncatedVideoError(source, frames.read, expected)
+
+
+def predict_frames(
+    recognizer: FaceRecognizer,
+    frames: Iterable[np.ndarray],
+    *,
+    tracking: TrackingOptions | None = TrackingOptions(),  # noqa: B008 (frozen, never changed)
+) -> Iterator[FrameResult]:
+    """The faces of each image of ``frames`` (any iterator of (H, W, 3) BGR uint8 images, such
+    as a live stream's), one :class:`FrameResult` per image (``time_s`` None), tracked across
+    them as :func:`predict_video` tracks a video's frames."""
+    people = None if tracking is None else tracking.tracker()
+    for index, image in enumerate(frames):
+        faces = recognizer.recognize([image], [recognizer.detector.detect(image)])[0]
+        yield FrameResult(index, _tracked(people, faces))
+
+
+def _tracked(people: FaceTracks | None, faces: list[FacePrediction]) -> list[FacePrediction]:
+    return faces if people is None else people.update(faces)
 
 
 @dataclass(frozen=True)

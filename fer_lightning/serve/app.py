@@ -2,7 +2,10 @@
 
 - ``POST /v1/predict``: one image (the raw body or the multipart field ``image``) -> its size
   and one entry per face, in the schema of a ``predictions.jsonl`` line (box, score, label,
-  probs);
+  probs); with ``?session=<id>`` (the web page's webcam mode) the faces are tracked across that
+  session's frames and also get ``track_id``, ``smoothed_label`` and ``smoothed_probs``
+  (:mod:`fer_lightning.serve.sessions`);
+- ``DELETE /v1/sessions/<id>``: forget a session's tracks (the page sends it when it stops);
 - ``GET /healthz`` (model, device, precision, detector, batching counts), ``GET /v1/labels``;
 - ``GET /``: the web page (``static/index.html``); ``/docs``: the OpenAPI page.
 
@@ -32,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Query, Request, Response
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
@@ -44,6 +48,7 @@ from fer_lightning.serve.batcher import BatcherStoppedError, FaceBatcher
 from fer_lightning.serve.detection import DetectorPool
 from fer_lightning.serve.drain import DrainNotice, ServerStoppingError
 from fer_lightning.serve.memory import PixelBudget, give_back_memory
+from fer_lightning.serve.sessions import SESSION_ID, TrackSessions
 from fer_lightning.serve.uploads import (
     FORM_FIELD,
     MEGABYTE,
@@ -103,6 +108,15 @@ class Face(BaseModel):
     score: float = Field(description="the detector's confidence")
     label: str = Field(description="the most likely emotion")
     probs: dict[str, float] = Field(description="emotion -> probability, summing to 1")
+    track_id: int | None = Field(
+        default=None, description="with ?session=: the person, the same across the session's frames"
+    )
+    smoothed_label: str | None = Field(
+        default=None, description="with ?session=: the most likely emotion after smoothing"
+    )
+    smoothed_probs: dict[str, float] | None = Field(
+        default=None, description="with ?session=: probs smoothed over the person's frames"
+    )
 
 
 class Prediction(BaseModel):
@@ -180,6 +194,7 @@ class Service:
         )
         self.budget = PixelBudget(max(limits.pixels_in_flight, limits.working_pixels))
         self.drain = DrainNotice()
+        self.sessions = TrackSessions()
         self.in_flight = 0  # predict requests being answered (one event loop: no lock needed)
         self._decoded_since_trim = 0
         classifier = recognizer.classifier
@@ -234,6 +249,7 @@ class Service:
                 "pixels_in_flight": self.budget.capacity,
             },
             "requests_in_flight": self.in_flight,
+            "track_sessions": len(self.sessions),
             "pixels_held": self.budget.held,
             "batching": {
                 "window_ms": self.batching.window_ms,
@@ -242,16 +258,19 @@ class Service:
             },
         }
 
-    async def predict(self, request: Request, response: Response) -> dict[str, Any]:
+    async def predict(
+        self, request: Request, response: Response, session: str | None = None
+    ) -> dict[str, Any]:
         """One prediction, refused at once (503) beyond ``max_requests`` at a time and cut
-        short with a 503 when a shutdown's grace runs out."""
+        short with a 503 when a shutdown's grace runs out; tracked across ``session``'s
+        frames when given."""
         if self.in_flight >= self.limits.max_requests:
             raise UploadError(
                 503, f"The server is busy ({self.limits.max_requests} requests at once); try again."
             )
         self.in_flight += 1
         try:
-            return await self.drain.run(self._answer(request, response))
+            return await self.drain.run(self._answer(request, response, session))
         finally:
             self.in_flight -= 1
             if self.in_flight == 0 and self._decoded_since_trim >= TRIM_AFTER_PIXELS:
@@ -292,7 +311,9 @@ class Service:
             )
             raise
 
-    async def _answer(self, request: Request, response: Response) -> dict[str, Any]:
+    async def _answer(
+        self, request: Request, response: Response, session: str | None
+    ) -> dict[str, Any]:
         started = time.perf_counter()
         content_type = request.headers.get("content-type")
         check_content_type(content_type)
@@ -308,6 +329,8 @@ class Service:
                     detections = await self.pool.detect(decoded.image)
                     timings["detect"] = (timings["upload"][1], time.perf_counter())
                     faces = await slot.recognize(decoded.image, detections)
+                    if session is not None:  # on the event loop: one frame at a time
+                        faces = self.sessions.tracks(session).update(faces)
                     timings["recognize"] = (timings["detect"][1], time.perf_counter())
                 except (BatcherStoppedError, DetectorWorkerError) as error:
                     raise UploadError(503, f"{error} Try again.") from None
@@ -378,13 +401,37 @@ def add_routes(app: FastAPI, service: Service) -> None:
     @app.post(
         "/v1/predict",
         response_model=Prediction,
+        response_model_exclude_none=True,
         responses=PREDICT_ERRORS,
         openapi_extra=PREDICT_BODY,
     )
-    async def predict(request: Request, response: Response) -> dict[str, Any]:
+    async def predict(
+        request: Request,
+        response: Response,
+        session: str | None = Query(
+            default=None,
+            pattern=f"^{SESSION_ID.pattern}$",
+            description="track faces across the frames sent with this id (a webcam's)",
+        ),
+    ) -> dict[str, Any]:
         """The faces in one image and their emotions: send the image as the body
-        (``Content-Type: image/jpeg``, ...) or as the form field ``image``."""
-        return await service.predict(request, response)
+        (``Content-Type: image/jpeg``, ...) or as the form field ``image``. With
+        ``session``, each face also gets its ``track_id`` and smoothed probabilities, kept
+        across the frames sent with the same session id."""
+        return await service.predict(request, response, session)
+
+    @app.delete(
+        "/v1/sessions/{session}",
+        status_code=204,
+        responses={422: {"model": ErrorMessage, "description": "not a valid session id"}},
+    )
+    async def end_session(
+        session: str = PathParam(pattern=f"^{SESSION_ID.pattern}$"),
+    ) -> Response:
+        """Forget the tracks of a session (the web page sends this when its webcam stops; an
+        idle session is forgotten after two minutes anyway)."""
+        service.sessions.end(session)
+        return Response(status_code=204)
 
 
 def create_app(

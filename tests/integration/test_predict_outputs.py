@@ -25,7 +25,7 @@ from fer_lightning.inference import EmotionRecognizer
 from fer_lightning.inference import outputs as outputs_module
 from fer_lightning.inference.outputs import OutputNames, plan_output_names
 from fer_lightning.inference.samples import astronaut, mosaic
-from fer_lightning.inference.tables import BASE_COLUMNS, read_table
+from fer_lightning.inference.tables import columns, read_table
 from fer_lightning.inference.video import TruncatedVideoError
 from fer_lightning.labels import EMOTIONS
 from tests.helpers.hydra import run_app
@@ -94,7 +94,8 @@ def test_images_give_a_csv_the_jsonl_and_the_dataframe_api_agree_with(
     out = tmp_path / "out"
     assert predict_run(checkpoint, tmp_path / "in", out) == 0, capsys.readouterr().err
     table = read_table(out / "predictions.csv", EMOTIONS)
-    assert list(table.columns) == [*BASE_COLUMNS, *EMOTIONS]
+    assert list(table.columns) == columns(EMOTIONS)
+    assert table["track_id"].isna().all()  # images are not tracked
     assert table["source"].tolist() == names  # one face per image (detector=none), sorted
     assert table["output"].tolist() == names  # annotated copies keep the relative path
     assert all((out / name).is_file() for name in names)
@@ -281,6 +282,7 @@ def test_names_that_are_not_utf8_are_read_and_written(checkpoint, tmp_path, caps
             b"ph\xe9to.jpg",
             b"predictions.csv",
             b"predictions.jsonl",
+            b"tracks.csv",  # the video's people
         ]
     )
     assert {line["source"] for line in jsonl(out / "predictions.jsonl")} == {
@@ -288,6 +290,7 @@ def test_names_that_are_not_utf8_are_read_and_written(checkpoint, tmp_path, caps
         "caf\udce9.avi",
     }
     assert "ph\\udce9to.jpg" in (out / "predictions.csv").read_text()
+    assert "caf\\udce9.avi" in (out / "tracks.csv").read_text()
     assert os.path.isfile(os.fsencode(tmp_path / "crops") + b"/ph\xe9to.jpg_face0.png")
 
 

@@ -157,6 +157,32 @@ def test_every_bad_request_gets_a_json_error_with_its_status(client, photo, tmp_
     assert set(body["faces"][0]) == FACE_KEYS
 
 
+@pytest.mark.slow
+def test_a_session_keeps_track_ids_across_frames_and_ends_on_request(client, photo):
+    """The web page's webcam mode: frames sent with ?session= get track ids and smoothed
+    probabilities kept per session; without it nothing changes; DELETE forgets the session."""
+
+    def send(session: str | None = None, image: bytes = photo) -> httpx.Response:
+        params = {} if session is None else {"session": session}
+        return client.post("/v1/predict", params=params, files={"image": ("f.jpg", image)})
+
+    first = [send("page-a").json()["faces"][0] for _ in range(3)]
+    assert [face["track_id"] for face in first] == [1, 1, 1]
+    assert set(first[0]) == FACE_KEYS | {"track_id", "smoothed_label", "smoothed_probs"}
+    assert first[0]["smoothed_probs"] == pytest.approx(first[0]["probs"], abs=1e-6)
+    assert client.get("/healthz").json()["track_sessions"] >= 1
+    # Another page: its own tracks and smoothing, from a different picture.
+    flipped = encoded(astronaut()[:, ::-1].copy(), ".jpg")
+    other = send("page-b", flipped).json()["faces"][0]
+    assert other["track_id"] == 1
+    assert other["smoothed_probs"] == pytest.approx(other["probs"], abs=1e-6)
+    assert set(send().json()["faces"][0]) == FACE_KEYS  # no session: as before
+    assert client.delete("/v1/sessions/page-a").status_code == 204
+    assert client.delete("/v1/sessions/page-a").status_code == 204  # already gone: fine
+    check_error(send("../etc"), 422, "session")
+    check_error(client.delete("/v1/sessions/a%20b"), 422, "session")
+
+
 def test_pages_labels_health_and_openapi(client, recognizer):
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")

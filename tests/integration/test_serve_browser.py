@@ -40,7 +40,7 @@ ANSWER_TIMEOUT_S = 120
 
 
 @contextlib.contextmanager
-def chromium(profile: Path) -> Iterator[object]:
+def chromium(profile: Path, *extra_flags: str) -> Iterator[object]:
     """A headless Chromium session with a fresh profile, through the distribution's driver."""
     if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
         pytest.skip(
@@ -52,7 +52,7 @@ def chromium(profile: Path) -> Iterator[object]:
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+    for flag in (*CHROMIUM_FLAGS, *extra_flags, f"--user-data-dir={profile}"):
         options.add_argument(flag)
     # The driver path is given, so Selenium Manager never looks for (or downloads) one.
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
@@ -139,3 +139,44 @@ def test_the_page_warns_above_everything_when_the_model_learned_from_synthetic_f
         WebDriverWait(driver, 30).until(lambda _: banner.get_attribute("data-checked") == "true")
         assert banner.is_displayed()
         assert banner.text == warning
+
+
+def test_the_webcam_keeps_face_ids_across_frames_and_ends_its_session(tmp_path, monkeypatch):
+    """Chromium's fake camera (a moving test pattern) with detector none (the whole frame is one
+    face): every frame's face is #1 (tracked in the page's session on the server), and stopping
+    the webcam ends the session there."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    fake_camera = ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream")
+    with (
+        chromium(tmp_path / "profile", *fake_camera) as driver,
+        small_app_server(tmp_path) as (_, port),
+    ):
+        url = f"http://127.0.0.1:{port}"
+        driver.get(f"{url}/")
+        driver.find_element(By.ID, "webcam").click()
+        result = driver.find_element(By.ID, "result")
+        canvas = driver.find_element(By.ID, "view")
+        seen: list[dict] = []
+
+        def three_frames(_) -> bool:
+            if result.get_attribute("data-state") == "error":
+                raise AssertionError(result.text)
+            boxes = canvas.get_attribute("data-boxes")
+            latency = driver.find_element(By.ID, "latency").text
+            done = "frames/s" in latency  # written after a webcam frame's answer is drawn
+            if done and boxes and latency not in [s["latency"] for s in seen]:
+                seen.append({"latency": latency, "boxes": json.loads(boxes)})
+            return len(seen) >= 3
+
+        WebDriverWait(driver, ANSWER_TIMEOUT_S, poll_frequency=0.05).until(three_frames)
+        assert all([b["trackId"] for b in s["boxes"]] == [1] for s in seen), seen
+        body = json.loads(result.text)
+        assert body["faces"][0]["track_id"] == 1 and "smoothed_probs" in body["faces"][0]
+        assert httpx.get(f"{url}/healthz", timeout=30).json()["track_sessions"] == 1
+        driver.find_element(By.ID, "webcam").click()  # stop
+        WebDriverWait(driver, 30).until(
+            lambda _: httpx.get(f"{url}/healthz", timeout=30).json()["track_sessions"] == 0
+        )

@@ -18,6 +18,7 @@ SCRIPTS = (
     "bench_data.py",
     "bench_gpu.py",
     "bench_convs.py",
+    "bench_tracking.py",
 )
 
 

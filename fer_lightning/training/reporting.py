@@ -378,7 +378,8 @@ def format_calibration(results: dict[str, Any], prefix: str = "test/") -> list[s
     if record.get("temperature") is not None:
         head = (
             f"temperature               : {record['temperature']:.4f} (fitted on "
-            f"{record.get('fitted_on')} {record.get('split')} faces)"
+            f"{record.get('fitted_on')} {record.get('split')} faces"
+            + (f"; {record['source']})" if record.get("source") else ")")
         )
     else:
         head = f"temperature               : none ({record.get('reason') or 'not fitted'})"

@@ -201,3 +201,14 @@ def test_results_and_reliability_figure() -> None:
         and "after" not in refused["calibration"]["reliability"]
     )
     assert len(reliability_figure(refused).axes) == 1
+
+
+@pytest.mark.parametrize("command", ["predict", "serve"])
+def test_calibrate_option_of_the_recogniser_configs(command: str) -> None:
+    from fer_lightning.cli.recognizer import RecognizerOptions
+    from tests.helpers.hydra import compose_config
+
+    base = ["ckpt_path=model.pt", "source=x.jpg"] if command == "predict" else ["ckpt_path=m.pt"]
+    on = RecognizerOptions.from_hydra(compose_config(command, base), "example")
+    off = RecognizerOptions.from_hydra(compose_config(command, [*base, "calibrate=false"]), "x")
+    assert on.calibrate is True and off.calibrate is False

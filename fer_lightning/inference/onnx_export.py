@@ -222,7 +222,9 @@ def quantize_int8(
     partial = path.with_name(f".{path.name}.partial")
     with tempfile.TemporaryDirectory(prefix="fer-int8-") as work:
         model_input = _pre_processed(Path(fp32_path), Path(work) / "prepared.onnx")
-        keep_float = _end_nodes(model_input) if float_ends else []
+        keep_float = (_end_nodes(model_input) if float_ends else []) + _probability_nodes(
+            model_input
+        )
         try:
             quantize_static(
                 str(model_input),
@@ -267,6 +269,19 @@ def _pre_processed(fp32_path: Path, work_path: Path) -> Path:
         warnings.simplefilter("ignore")
         quant_pre_process(str(fp32_path), str(work_path))
     return work_path
+
+
+def _probability_nodes(path: Path) -> list[str]:
+    """Names of the nodes that make the ``probabilities`` output of a model with a temperature
+    (the division and softmax after the classifier): kept fp32, so that the int8 model's
+    probabilities are exactly ``softmax(logits / T)`` of its logits."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    if "probabilities" not in [output.name for output in graph.output]:
+        return []
+    last = max((i for i, n in enumerate(graph.node) if n.op_type in ("Gemm", "MatMul")), default=-1)
+    return [n.name for n in graph.node[last + 1 :] if n.op_type in ("Div", "Softmax") and n.name]
 
 
 def _end_nodes(path: Path) -> list[str]:

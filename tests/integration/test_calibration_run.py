@@ -142,3 +142,29 @@ def test_too_few_validation_faces_refuse_the_fit_and_training_completes(tmp_path
     assert "calibration" not in torch.load(results["best_checkpoint"], weights_only=True)
     assert load_model(run_dir / "model.pt").calibration is None
     assert (run_dir / "reliability.png").is_file()
+
+
+def test_int8_copy_keeps_the_temperature_and_exact_probabilities(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    import onnxruntime as ort
+
+    from fer_lightning.faces.transforms import to_model_input
+    from fer_lightning.inference.backends import OnnxClassifier
+    from fer_lightning.inference.onnx_export import MIN_OPSET, export_onnx, quantize_int8
+    from fer_lightning.models import create_model
+    from fer_lightning.models.calibration import Calibration
+
+    torch.manual_seed(0)
+    net = create_model("resnet18")
+    net.arch, net.calibration = "resnet18", Calibration(temperature=2.0, fitted_on=300)
+    fp32 = export_onnx(net, tmp_path / "m.onnx", 32, MIN_OPSET)
+    faces = np.random.default_rng(0).integers(0, 256, (64, 48, 48), dtype=np.uint8)
+    int8 = quantize_int8(fp32, tmp_path / "m.int8.onnx", faces, 32)
+    session = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
+    x = to_model_input(torch.from_numpy(faces[:8]), 32).numpy()
+    logits, probs = session.run(None, {"faces": x})
+    # The temperature head stays fp32: the probabilities are those of the int8 logits.
+    expected = torch.softmax(torch.from_numpy(logits) / 2.0, 1).numpy()
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+    assert OnnxClassifier(int8).temperature == 2.0

@@ -212,3 +212,23 @@ def test_calibrate_option_of_the_recogniser_configs(command: str) -> None:
     on = RecognizerOptions.from_hydra(compose_config(command, base), "example")
     off = RecognizerOptions.from_hydra(compose_config(command, [*base, "calibrate=false"]), "x")
     assert on.calibrate is True and off.calibrate is False
+
+
+def test_healthz_says_whether_probabilities_are_calibrated() -> None:
+    from fastapi.testclient import TestClient
+
+    from fer_lightning.serve import create_app
+
+    torch.manual_seed(0)
+    net = create_model("resnet18")
+    net.calibration = CALIBRATION
+    for calibrate in (True, False):
+        recognizer = EmotionRecognizer(classifier(net, calibrate), detector="none")
+        with TestClient(create_app(recognizer)) as client:
+            health = client.get("/healthz").json()
+        assert health["calibration"] == {
+            "applied": calibrate,
+            "temperature": 2.5,
+            "fitted_on": 420,
+            "split": "validation",
+        }

@@ -2,8 +2,10 @@
 
 Hydra composes ``conf/train.yaml``; this file only instantiates what the config names and runs
 it. After training, the best checkpoint (by validation accuracy) is evaluated on the test split
-(FER2013: PrivateTest) on one process, plain and with 10-view test-time augmentation, and the
-run folder receives results.json, confusion_matrix.png, per_class.png and curves.png.
+(FER2013: PrivateTest) on one process, plain and with 10-view test-time augmentation; a
+temperature is fitted on the validation split (``calibrate``; recorded in best.ckpt and
+model.pt), and the run folder receives results.json, confusion_matrix.png, per_class.png,
+reliability.png and curves.png.
 
 The run folder is ``outputs/train/<experiment or model>/<date>_<time>/`` (``_2``, ``_3``... for
 runs started in the same second). It also gets ``config_tree.txt`` (the composed configuration,

@@ -1,7 +1,9 @@
-"""Run reports: results.json, the confusion-matrix, per-class and curve figures, the summary.
+"""Run reports: results.json, the confusion-matrix, per-class, reliability and curve figures,
+the summary.
 
 Every figure is drawn from results.json alone (``test/confusion_matrix``, the per-class recall
-plain and with TTA, ``history``), so a report can be drawn again from a finished run.
+plain and with TTA, ``history``, ``calibration``), so a report can be drawn again from a
+finished run.
 """
 
 from __future__ import annotations

@@ -44,17 +44,23 @@ def fit_on_validation(
     min_faces: int = MIN_FIT_FACES,
 ) -> tuple[Calibration | None, str | None]:
     """(the temperature fitted on ``datamodule``'s validation split, None), or (None, why not)."""
-    predictions = evaluate_network(
-        net,
-        datamodule,
-        input_size=input_size,
-        tta=False,
-        accelerator=accelerator,
-        precision=precision,
-        limit_test_batches=limit_batches,
-        progress=False,
-        split="val",
-    )
+    if limit_batches == 0:
+        return None, "no validation faces (limit_val_batches=0)"
+    try:
+        predictions = evaluate_network(
+            net,
+            datamodule,
+            input_size=input_size,
+            tta=False,
+            accelerator=accelerator,
+            precision=precision,
+            limit_test_batches=limit_batches,
+            progress=False,
+            split="val",
+        )
+    except ValueError as error:  # an empty validation split
+        log.warning("No temperature: %s", error)
+        return None, str(error)
     assert predictions.logits is not None
     try:
         calibration = fit_temperature(predictions.logits, predictions.labels, min_faces)

@@ -232,3 +232,11 @@ def test_healthz_says_whether_probabilities_are_calibrated() -> None:
             "fitted_on": 420,
             "split": "validation",
         }
+
+
+def test_no_validation_faces_is_a_reason_not_a_crash() -> None:
+    from fer_lightning.training.calibrate import fit_on_validation
+
+    net = create_model("resnet18")
+    calibration, reason = fit_on_validation(net, None, input_size=SMALL_INPUT, limit_batches=0)
+    assert calibration is None and "limit_val_batches=0" in reason

@@ -5,6 +5,11 @@ or bare state dicts) is scored on the test split, plain and with 10-view test-ti
 augmentation; a list is also scored as the unweighted average of the members' softmax outputs
 (the paper's 76.82% came from such a 7-model ensemble). Results go to the console and to
 ``eval_results.json`` in the run folder.
+
+Each checkpoint's calibration on the test split is reported too: the expected calibration error
+(15 bins), negative log-likelihood and Brier score of its own probabilities and of those divided
+by its temperature: the one recorded in the checkpoint, else one fitted here on the validation
+split (``calibrate=false``: none). The run folder gets a reliability diagram per checkpoint.
 """
 
 from __future__ import annotations
@@ -25,10 +30,17 @@ from fer_lightning.cli.errors import USER_ERRORS, UserError, instantiate
 from fer_lightning.cli.recognizer import checked_input_size
 from fer_lightning.cli.run_folders import discard_run_folder_if_refused, run_folder_of
 from fer_lightning.models import num_classes_of
+from fer_lightning.models.calibration import Calibration
 from fer_lightning.models.checkpoints import load_model
 from fer_lightning.models.presets import check_input_size, default_input_size
+from fer_lightning.training.calibrate import calibration_results, fit_on_validation
 from fer_lightning.training.evaluate import evaluate_network
-from fer_lightning.training.reporting import write_json
+from fer_lightning.training.reporting import (
+    format_calibration,
+    reliability_figure,
+    save_figure,
+    write_json,
+)
 from fer_lightning.training.scoring import Predictions, average, metrics
 
 log = logging.getLogger(__name__)
@@ -144,6 +156,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "arch": net.arch,
             "input_size": size,
             **metrics(predictions, labels=label_names),
+            **member_calibration(cfg, net, datamodule, size, predictions),
         }
         del net
         first = None
@@ -151,6 +164,49 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if len(paths) > 1:
         results["ensemble"] = metrics(average(member_predictions), labels=label_names)
     return results
+
+
+def member_calibration(
+    cfg: DictConfig,
+    net: nn.Module,
+    datamodule: pl.LightningDataModule,
+    input_size: int,
+    predictions: Predictions,
+) -> dict[str, Any]:
+    """The test split's ECE, NLL and Brier score before and after the checkpoint's temperature,
+    or one fitted on the validation split when it records none (``calibration.source`` says
+    which; ``calibrate=false``: before only)."""
+    calibration: Calibration | None = getattr(net, "calibration", None)
+    reason, source = None, "recorded in the checkpoint"
+    if not cfg.get("calibrate", True):
+        calibration, reason, source = None, "calibrate=false", None
+    elif calibration is None:
+        log.info("%s records no temperature: fitting one on the validation split.", net.arch)
+        calibration, reason = fit_on_validation(
+            net,
+            datamodule,
+            input_size=input_size,
+            accelerator=str(cfg.trainer.get("accelerator", "auto")),
+            precision=str(cfg.trainer.get("precision", "32-true")),
+            limit_batches=cfg.trainer.get("limit_val_batches"),
+        )
+        source = "fitted by fer-eval on the validation split" if calibration else None
+    results = calibration_results(predictions.logits, predictions.labels, calibration, reason)
+    results["calibration"]["source"] = source
+    return results
+
+
+def write_reliability(run_dir: Path, results: dict[str, Any]) -> list[Path]:
+    """One reliability diagram per checkpoint: reliability.png, or reliability_<i>.png."""
+    written = []
+    members = list(results["members"].values())
+    for index, member in enumerate(members):
+        figure = reliability_figure(member)
+        if figure is None:
+            continue
+        name = "reliability.png" if len(members) == 1 else f"reliability_{index}.png"
+        written.append(save_figure(figure, run_dir / name))
+    return written
 
 
 def member_names(paths: list[str]) -> list[str]:
@@ -183,6 +239,11 @@ def format_results(results: dict[str, Any]) -> str:
             + (f"{100 * tta:>9.2f}%" if tta is not None else f"{'-':>10}")
             + f"{100 * r['test/f1_macro']:>9.2f}%{r['test/samples']:>8}"
         )
+    for name, r in rows[: len(results["members"])]:
+        calibration = format_calibration(r)
+        if calibration:
+            lines.append(f"{name}:")
+            lines += [f"  {line}" for line in calibration]
     return "\n".join(lines)
 
 
@@ -195,8 +256,10 @@ def run(cfg: DictConfig) -> None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     path = write_json(Path(cfg.paths.output_dir) / "eval_results.json", results)
+    figures = write_reliability(Path(cfg.paths.output_dir), results)
     print(format_results(results))
-    print(f"written: {path}")
+    for written in (path, *figures):
+        print(f"written: {written}")
 
 
 main = hydra_entry("eval", run)

@@ -60,6 +60,12 @@ def run_task(cfg: DictConfig) -> None:
     except ImportError:
         fail("exporting needs onnx: pip install 'fer-lightning[onnx]'", status=1)
     print(f"wrote {output} ({model.arch}, input {input_size}x{input_size})")
+    temperature = getattr(model, "calibration", None)
+    print(
+        f"outputs: logits, and probabilities = softmax(logits / T) with the {temperature.summary()}"
+        if temperature is not None
+        else "outputs: logits (the checkpoint has no fitted temperature)"
+    )
     if cfg.check and not check_parity(model, output, input_size):
         sys.exit(1)
 

@@ -89,6 +89,7 @@ class RecognizerOptions(CheckpointOptions):
     precision: str
     margin: float
     align_faces: bool
+    calibrate: bool
 
     @classmethod
     def recognizer_fields(cls, cfg: DictConfig, example: str) -> dict[str, Any]:
@@ -114,6 +115,7 @@ class RecognizerOptions(CheckpointOptions):
             "precision": precision,
             "margin": DEFAULT_MARGIN if margin is None else margin,
             "align_faces": bool(cfg.align_faces),
+            "calibrate": bool(cfg.get("calibrate", True)),
         }
 
     @classmethod
@@ -143,7 +145,7 @@ def load_classifier(options: RecognizerOptions, batch_size: int) -> EmotionClass
         if not onnx_path.is_file():
             raise UserError(f"ckpt_path={path}: the ONNX model does not exist.")
         try:
-            return OnnxClassifier(onnx_path, batch_size=batch_size)
+            return OnnxClassifier(onnx_path, batch_size=batch_size, calibrate=options.calibrate)
         except ImportError as error:
             raise UserError(str(error)) from None
         except ValueError as error:  # the reader's way of saying the file is not usable
@@ -151,7 +153,14 @@ def load_classifier(options: RecognizerOptions, batch_size: int) -> EmotionClass
     model = load_model(
         path if path.startswith("pretrained:") else Path(path).expanduser(), arch=options.arch
     )
-    return TorchClassifier(model, options.device, options.precision, options.input_size, batch_size)
+    return TorchClassifier(
+        model,
+        options.device,
+        options.precision,
+        options.input_size,
+        batch_size,
+        calibrate=options.calibrate,
+    )
 
 
 def build_recognizer(

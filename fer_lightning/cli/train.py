@@ -2,8 +2,10 @@
 
 Hydra composes ``conf/train.yaml``; this file only instantiates what the config names and runs
 it. After training, the best checkpoint (by validation accuracy) is evaluated on the test split
-(FER2013: PrivateTest) on one process, plain and with 10-view test-time augmentation, and the
-run folder receives results.json, confusion_matrix.png, per_class.png and curves.png.
+(FER2013: PrivateTest) on one process, plain and with 10-view test-time augmentation; a
+temperature is fitted on the validation split (``calibrate``; recorded in best.ckpt and
+model.pt), and the run folder receives results.json, confusion_matrix.png, per_class.png,
+reliability.png and curves.png.
 
 The run folder is ``outputs/train/<experiment or model>/<date>_<time>/`` (``_2``, ``_3``... for
 runs started in the same second). It also gets ``config_tree.txt`` (the composed configuration,
@@ -47,9 +49,15 @@ from fer_lightning.cli.run_folders import (
     discard_run_folder_if_refused,
     resume_checkpoint,
 )
+from fer_lightning.models.calibration import Calibration
 from fer_lightning.models.checkpoints import load_model, read_checkpoint
 from fer_lightning.models.provenance import TRAINED_HERE, ModelProvenance
 from fer_lightning.runtime import lightning_precision, resolve_device
+from fer_lightning.training.calibrate import (
+    calibration_results,
+    fit_on_validation,
+    record_in_checkpoint,
+)
 from fer_lightning.training.callbacks import EpochHistory
 from fer_lightning.training.checkpoint_io import ResumeTarget, check_resume_checkpoint
 from fer_lightning.training.console import config_tree, silence_lightning_tips
@@ -168,11 +176,35 @@ def epoch_history(trainer: pl.Trainer) -> list[dict[str, float]]:
     return state.get(EpochHistory.__qualname__, {}).get("rows", [])
 
 
+def calibrate_best(
+    cfg: DictConfig, trainer: pl.Trainer, datamodule: pl.LightningDataModule, net: torch.nn.Module
+) -> tuple[Calibration | None, str | None]:
+    """Fit a temperature for ``net`` on the validation split (``calibrate=false``: none); it is
+    set as ``net.calibration`` and recorded in the best checkpoint. (None, why) when none."""
+    if not cfg.get("calibrate", True):
+        net.calibration = None
+        return None, "calibrate=false"
+    calibration, reason = fit_on_validation(
+        net,
+        datamodule,
+        input_size=int(cfg.data.input_size),
+        accelerator=trainer.strategy.root_device.type,
+        precision=str(trainer.precision),
+        limit_batches=cfg.trainer.get("limit_val_batches"),
+    )
+    net.calibration = calibration
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if calibration is not None and best:
+        record_in_checkpoint(best, calibration)
+    return calibration, reason
+
+
 def test_best(
     cfg: DictConfig, trainer: pl.Trainer, datamodule: pl.LightningDataModule, model: FERClassifier
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Test the best checkpoint (or the final weights without one) on one process: the network
-    tested and its scores."""
+    tested and its scores, with its calibration before and after a temperature fitted on the
+    validation split."""
     checkpoint_cb = trainer.checkpoint_callback
     best = checkpoint_cb.best_model_path if checkpoint_cb else ""
     net = load_model(best) if best else model.net
@@ -198,6 +230,8 @@ def test_best(
     )
     results = metrics(predictions, labels=getattr(datamodule, "label_names", None))
     results["test/split"] = split
+    calibration, reason = calibrate_best(cfg, trainer, datamodule, net)
+    results.update(calibration_results(predictions.logits, predictions.labels, calibration, reason))
     tta = results.get("test/acc_tta")
     log.info(
         "Test done in %.1f s: accuracy %.2f%%%s on %d faces",
@@ -218,8 +252,9 @@ def save_published_format(
     training_data: dict[str, Any] | None = None,
 ) -> Path:
     """The tested network alone as ``model.pt`` in the published format (``{"net": state}``),
-    with its architecture, input size, class names and training data beside it (plain values):
-    a small file that the original code, fer-predict and load_model all read."""
+    with its architecture, input size, class names, training data and fitted temperature
+    (``calibration``, when ``net.calibration`` is set) beside it (plain values): a small file
+    that the original code, fer-predict and load_model all read."""
     path = run_dir / "model.pt"
     run_dir.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(".model.pt.partial")
@@ -229,6 +264,9 @@ def save_published_format(
         content["label_names"] = list(label_names)
     if training_data is not None:
         content["training_data"] = dict(training_data)
+    calibration = getattr(net, "calibration", None)
+    if calibration is not None:
+        content["calibration"] = calibration.to_dict()
     torch.save(content, partial)
     partial.replace(path)
     return path

@@ -20,11 +20,16 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from fer_lightning.faces.transforms import to_model_input
 from fer_lightning.labels import EMOTIONS
 from fer_lightning.models import num_classes_of
+from fer_lightning.models.calibration import Calibration, calibrated_probabilities
 from fer_lightning.models.presets import check_input_size, default_input_size
 from fer_lightning.models.provenance import ModelProvenance
 from fer_lightning.runtime import autocast, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
+
+#: The ONNX metadata key of the fitted temperature (fer-export writes it; ``calibration`` is
+#: taken by the int8 quantisation settings).
+TEMPERATURE_KEY = "temperature_scaling"
 
 # Folding batch norms into convolutions changes logits only by float rounding.
 FOLD_TOLERANCE = 1e-3
@@ -74,6 +79,43 @@ class EmotionClassifier(ABC):
     batch_size: int = 32
     #: What the model is (architecture, origin, training data); ``None`` when not recorded.
     provenance: ModelProvenance | None = None
+    #: The temperature recorded with the model (``None``: it has none) and whether it is applied
+    #: (probabilities ``softmax(logits / T)``); ``calibrate=False`` leaves it unapplied.
+    calibration: Calibration | None = None
+    calibrated: bool = False
+
+    @property
+    def temperature(self) -> float | None:
+        """The temperature the probabilities are computed with; ``None`` when none is applied."""
+        return self.calibration.temperature if self.calibrated and self.calibration else None
+
+    def calibration_info(self) -> dict[str, object]:
+        """Whether the probabilities are calibrated, and by what (JSON-ready): ``applied``,
+        ``temperature`` (recorded with the model, ``None`` without one), ``fitted_on``,
+        ``split``."""
+        record = self.calibration
+        return {
+            "applied": self.temperature is not None,
+            "temperature": None if record is None else record.temperature,
+            "fitted_on": None if record is None else record.fitted_on,
+            "split": None if record is None else record.split,
+        }
+
+    def calibration_note(self) -> str:
+        """One line for the logs: which probabilities come out."""
+        if self.calibration is None:
+            return "probabilities not calibrated: the model has no fitted temperature"
+        if not self.calibrated:
+            return (
+                f"probabilities not calibrated: calibrate=false leaves the model's "
+                f"{self.calibration.summary()} unapplied"
+            )
+        return f"probabilities calibrated with {self.calibration.summary()}"
+
+    def _set_calibration(self, calibration: Calibration | None, calibrate: bool) -> None:
+        self.calibration = calibration
+        self.calibrated = bool(calibrate) and calibration is not None
+        log.info("%s", self.calibration_note())
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         if crops.ndim != 3:
@@ -94,7 +136,9 @@ class TorchClassifier(EmotionClassifier):
     """A PyTorch network on ``device``; ``bf16`` runs it under autocast (logits in fp32).
 
     ``fold_batchnorm`` runs a copy with batch norms folded into the convolutions (checked to
-    give the same logits; the model passed in is left as it is).
+    give the same logits; the model passed in is left as it is). The temperature the model
+    carries (``model.calibration``, set by ``load_model``) divides the logits unless
+    ``calibrate`` is false.
     """
 
     def __init__(
@@ -105,6 +149,7 @@ class TorchClassifier(EmotionClassifier):
         input_size: int | None = None,
         batch_size: int = 32,
         fold_batchnorm: bool = True,
+        calibrate: bool = True,
     ) -> None:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -122,6 +167,7 @@ class TorchClassifier(EmotionClassifier):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.labels = model_labels(model, num_classes_of(self.model))
         self.provenance = getattr(model, "provenance", None)
+        self._set_calibration(getattr(model, "calibration", None), calibrate)
 
     @torch.inference_mode()
     def _probabilities(self, crops: np.ndarray) -> np.ndarray:
@@ -131,20 +177,26 @@ class TorchClassifier(EmotionClassifier):
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.precision, self.device):
             logits = self.model(x)
-        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+        return calibrated_probabilities(logits, self.temperature).cpu().numpy()
 
     def __repr__(self) -> str:
         arch = getattr(self.model, "arch", type(self.model).__name__)
         return (
             f"TorchClassifier({arch}, device={self.device}, precision={self.precision}, "
-            f"input_size={self.input_size})"
+            f"input_size={self.input_size}, temperature={self.temperature})"
         )
 
 
 class OnnxClassifier(EmotionClassifier):
     """An exported ONNX model (``fer-export``) under ONNX Runtime on the CPU."""
 
-    def __init__(self, path: str | Path, batch_size: int = 32, threads: int | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        batch_size: int = 32,
+        threads: int | None = None,
+        calibrate: bool = True,
+    ):
         try:
             import onnxruntime as ort
         except ImportError as error:
@@ -169,6 +221,21 @@ class OnnxClassifier(EmotionClassifier):
         self.arch = metadata.get("arch", "unknown")
         self.provenance = self._provenance(metadata)
         self.batch_size = int(batch_size)
+        self._outputs = [output.name for output in self.session.get_outputs()]
+        self._set_calibration(self._calibration(metadata), calibrate)
+
+    def _calibration(self, metadata: dict[str, str]) -> Calibration | None:
+        """The ``temperature_scaling`` metadata (JSON) that fer-export writes for a model with a
+        fitted temperature; ``None`` for files without one."""
+        if TEMPERATURE_KEY not in metadata:
+            return None
+        try:
+            return Calibration.from_dict(json.loads(metadata[TEMPERATURE_KEY]))
+        except ValueError as error:
+            raise ValueError(
+                f"{self.path}: its {TEMPERATURE_KEY!r} metadata is not readable ({error}); "
+                "export it again with fer-export."
+            ) from None
 
     def _provenance(self, metadata: dict[str, str]) -> ModelProvenance | None:
         """The ``provenance`` metadata (JSON) that fer-export writes; ``None`` in files exported
@@ -217,11 +284,19 @@ class OnnxClassifier(EmotionClassifier):
 
     def _probabilities(self, crops: np.ndarray) -> np.ndarray:
         x = to_model_input(torch.from_numpy(np.ascontiguousarray(crops)), self.input_size)
-        (logits,) = self.session.run(None, {self.input_name: x.numpy()})
-        return torch.softmax(torch.from_numpy(logits).float(), dim=1).numpy()
+        feed = {self.input_name: x.numpy()}
+        if self.temperature is not None and "probabilities" in self._outputs:
+            # The graph applies the temperature (fer-export writes this output with it).
+            (probs,) = self.session.run(["probabilities"], feed)
+            return np.asarray(probs, dtype=np.float32)
+        (logits,) = self.session.run([self._outputs[0]], feed)
+        return calibrated_probabilities(torch.from_numpy(logits), self.temperature).numpy()
 
     def __repr__(self) -> str:
-        return f"OnnxClassifier({self.path}, arch={self.arch}, input_size={self.input_size})"
+        return (
+            f"OnnxClassifier({self.path}, arch={self.arch}, input_size={self.input_size}, "
+            f"temperature={self.temperature})"
+        )
 
 
 def _generic_labels(num_classes: int) -> tuple[str, ...]:

@@ -3,7 +3,10 @@
 The ONNX model takes ``faces``: (N, 3, S, S) float32 in [0, 1], exactly what
 :func:`fer_lightning.faces.transforms.to_model_input` makes from 48x48 crops, with a dynamic
 batch N, and returns ``logits`` (N, num_classes). Its metadata records ``arch``, ``input_size``
-and the ``labels``, which :class:`fer_lightning.inference.OnnxClassifier` reads back.
+and the ``labels``, which :class:`fer_lightning.inference.OnnxClassifier` reads back. A model
+with a fitted temperature (``model.calibration``) also returns ``probabilities``:
+``softmax(logits / T)``, computed in the graph, and records the temperature in the metadata
+(``temperature_scaling``: the JSON of :class:`fer_lightning.models.calibration.Calibration`).
 
 :func:`quantize_int8` makes an int8 copy of such a file (ONNX Runtime static quantisation, QDQ
 format, same input, output and metadata, plus ``quantization: int8``), which the recogniser runs
@@ -23,16 +26,35 @@ import torch
 from torch import nn
 
 from fer_lightning.faces.transforms import to_model_input
-from fer_lightning.inference.backends import model_labels
+from fer_lightning.inference.backends import TEMPERATURE_KEY, model_labels
 from fer_lightning.models import num_classes_of
+from fer_lightning.models.calibration import Calibration
 
 # The lowest opset with the operators these networks need and a dynamic batch axis.
 MIN_OPSET = 13
 PARITY_TOLERANCE = 1e-4
 
 
-def export_onnx(model: nn.Module, path: str | Path, input_size: int, opset: int) -> Path:
-    """Write ``model`` (eval mode, CPU) as ONNX with a dynamic batch; returns the path.
+class _WithProbabilities(nn.Module):
+    """``model``'s logits and ``softmax(logits / temperature)``: the graph applies the fitted
+    temperature itself, so any ONNX runtime gets calibrated probabilities."""
+
+    def __init__(self, model: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.model = model
+        self.temperature = float(temperature)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(x)
+        return logits, torch.softmax(logits / self.temperature, dim=1)
+
+
+def export_onnx(
+    model: nn.Module, path: str | Path, input_size: int, opset: int, calibrate: bool = True
+) -> Path:
+    """Write ``model`` (eval mode, CPU) as ONNX with a dynamic batch; returns the path. With a
+    temperature (``model.calibration``) and ``calibrate``, the graph also returns the calibrated
+    ``probabilities``.
 
     The file is written under a temporary name and renamed into place once complete, so a
     failed export leaves nothing at ``path``."""
@@ -42,33 +64,43 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int, opset: int)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     try:
-        _export(model.eval().cpu(), partial, input_size, opset)
+        calibration = getattr(model, "calibration", None) if calibrate else None
+        _export(model.eval().cpu(), partial, input_size, opset, calibration)
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)
     return path
 
 
-def _export(model: nn.Module, path: Path, input_size: int, opset: int) -> None:
+def _export(
+    model: nn.Module, path: Path, input_size: int, opset: int, calibration: Calibration | None
+) -> None:
     example = torch.rand(2, 3, input_size, input_size)
+    graph: nn.Module = model
+    outputs = ["logits"]
+    if calibration is not None:
+        graph = _WithProbabilities(model, calibration.temperature)
+        outputs.append("probabilities")
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer chatter about constant shapes
         # The TorchScript exporter (dynamo=False): the dynamo one needs onnxscript and, with
         # torch 2.13 here, gave no advantage for these plain convolutional networks.
         torch.onnx.export(
-            model,
+            graph,
             (example,),
             str(path),
             input_names=["faces"],
-            output_names=["logits"],
-            dynamic_axes={"faces": {0: "batch"}, "logits": {0: "batch"}},
+            output_names=outputs,
+            dynamic_axes={"faces": {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
             opset_version=opset,
             dynamo=False,
         )
-    _write_metadata(path, model, input_size)
+    _write_metadata(path, model, input_size, calibration)
 
 
-def _write_metadata(path: Path, model: nn.Module, input_size: int) -> None:
+def _write_metadata(
+    path: Path, model: nn.Module, input_size: int, calibration: Calibration | None = None
+) -> None:
     import onnx
 
     proto = onnx.load(str(path))
@@ -83,6 +115,8 @@ def _write_metadata(path: Path, model: nn.Module, input_size: int) -> None:
     if provenance is not None:
         # What the exported network is and learned from (ModelProvenance.to_json).
         entries["provenance"] = provenance.to_json()
+    if calibration is not None:
+        entries[TEMPERATURE_KEY] = json.dumps(calibration.to_dict())
     del proto.metadata_props[:]
     for key, value in entries.items():
         proto.metadata_props.add(key=key, value=value)
@@ -99,7 +133,7 @@ def onnx_parity(model: nn.Module, path: str | Path, input_size: int, batch: int 
     with torch.no_grad():
         expected = model.eval().cpu()(x).numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (actual,) = session.run(None, {"faces": x.numpy()})
+    (actual,) = session.run(["logits"], {"faces": x.numpy()})
     return float(np.abs(actual - expected).max())
 
 
@@ -188,7 +222,9 @@ def quantize_int8(
     partial = path.with_name(f".{path.name}.partial")
     with tempfile.TemporaryDirectory(prefix="fer-int8-") as work:
         model_input = _pre_processed(Path(fp32_path), Path(work) / "prepared.onnx")
-        keep_float = _end_nodes(model_input) if float_ends else []
+        keep_float = (_end_nodes(model_input) if float_ends else []) + _probability_nodes(
+            model_input
+        )
         try:
             quantize_static(
                 str(model_input),
@@ -235,6 +271,19 @@ def _pre_processed(fp32_path: Path, work_path: Path) -> Path:
     return work_path
 
 
+def _probability_nodes(path: Path) -> list[str]:
+    """Names of the nodes that make the ``probabilities`` output of a model with a temperature
+    (the division and softmax after the classifier): kept fp32, so that the int8 model's
+    probabilities are exactly ``softmax(logits / T)`` of its logits."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    if "probabilities" not in [output.name for output in graph.output]:
+        return []
+    last = max((i for i, n in enumerate(graph.node) if n.op_type in ("Gemm", "MatMul")), default=-1)
+    return [n.name for n in graph.node[last + 1 :] if n.op_type in ("Div", "Softmax") and n.name]
+
+
 def _end_nodes(path: Path) -> list[str]:
     """Names of the graph's first convolution and last Gemm/MatMul (the classifier); the
     nodes of an ONNX graph are stored in topological order."""
@@ -270,7 +319,7 @@ def compare_int8(
         x = to_model_input(chunk, input_size)
         with torch.no_grad():
             fp32_probs.append(torch.softmax(model(x), dim=1).numpy())
-        (logits,) = session.run(None, {"faces": x.numpy()})
+        (logits,) = session.run(["logits"], {"faces": x.numpy()})
         int8_probs.append(torch.softmax(torch.from_numpy(logits).float(), dim=1).numpy())
     fp32, int8 = np.concatenate(fp32_probs), np.concatenate(int8_probs)
     if fp32_path is not None:

@@ -80,6 +80,7 @@ class EmotionRecognizer:
         precision: str = "auto",
         input_size: int | None = None,
         batch_size: int = 32,
+        calibrate: bool = True,
         **options: object,
     ) -> EmotionRecognizer:
         """A recogniser from a checkpoint: this project's Lightning ``.ckpt``, the published
@@ -87,17 +88,23 @@ class EmotionRecognizer:
         (run with onnxruntime on the CPU). ``precision``: ``auto`` (bf16 where the hardware
         runs it fast, else fp32), ``fp32`` or ``bf16``. ``options`` go to the constructor
         (``margin``, ``align_faces``). ``pretrained:<name>`` loads a published checkpoint
-        (see :meth:`from_pretrained`)."""
+        (see :meth:`from_pretrained`). A temperature fitted after training (recorded in the
+        checkpoint, ``model.pt`` or the ONNX metadata) calibrates the probabilities unless
+        ``calibrate`` is false (:attr:`calibration` says which)."""
         # A pretrained: name goes to load_model as it is (as a Path it would be a file name).
         if not str(path).startswith("pretrained:"):
             path = Path(path).expanduser()
         if isinstance(path, Path) and path.suffix.lower() == ".onnx":
             if not path.is_file():
                 raise FileNotFoundError(f"ONNX model {path} does not exist.")
-            classifier: EmotionClassifier = OnnxClassifier(path, batch_size=batch_size)
+            classifier: EmotionClassifier = OnnxClassifier(
+                path, batch_size=batch_size, calibrate=calibrate
+            )
         else:
             model = load_model(path, arch=arch)
-            classifier = TorchClassifier(model, device, precision, input_size, batch_size)
+            classifier = TorchClassifier(
+                model, device, precision, input_size, batch_size, calibrate=calibrate
+            )
         return cls(classifier, detector, **options)
 
     @classmethod
@@ -122,6 +129,13 @@ class EmotionRecognizer:
         """What the model is (architecture, origin, training data); ``None`` when its file
         does not record it (an ONNX file exported before provenance was recorded)."""
         return getattr(self.classifier, "provenance", None)
+
+    @property
+    def calibration(self) -> dict[str, object]:
+        """Whether the probabilities are calibrated by a fitted temperature (``applied``), and
+        the temperature the model records (``temperature``, ``fitted_on``, ``split``; ``None``
+        without one)."""
+        return self.classifier.calibration_info()
 
     def detect(self, image: object) -> list[Detection]:
         """Faces in ``image`` (path, BGR/grayscale array or PIL image), without emotions."""

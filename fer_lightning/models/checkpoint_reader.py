@@ -172,6 +172,9 @@ def extract_state_dict(
         state, fmt = state or full, "Lightning"
         hyper = content.get("hyper_parameters")
         meta = dict(hyper) if isinstance(hyper, dict) else {}
+        # The temperature fitted after training (models.calibration), beside the weights.
+        if "calibration" in content:
+            meta["calibration"] = content["calibration"]
     elif (
         isinstance(content, dict)
         and content

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fer_lightning.models.calibration import Calibration, calibration_record
 from fer_lightning.models.checkpoint_reader import (
     build_network,
     extract_state_dict,
@@ -57,9 +58,11 @@ def load_model(
     ``arch`` may be omitted: Lightning checkpoints name it in their hyperparameters, and the
     other formats are identified by their keys. ``resmasking_dropout1`` and its naive ablation
     have identical keys; without ``arch`` such a checkpoint loads as ``resmasking_dropout1``.
-    When the checkpoint records its input size (Lightning checkpoints), ``model.input_size``
-    holds it; when it records its class names (``label_names``, one per output),
-    ``model.label_names`` holds them as a tuple. ``path`` may name a published checkpoint,
+    ``model.calibration`` holds the fitted temperature
+    (:class:`~fer_lightning.models.calibration.Calibration`) when the file records one, else
+    ``None``. When the checkpoint records its input size (Lightning checkpoints),
+    ``model.input_size`` holds it; when it records its class names (``label_names``, one per
+    output), ``model.label_names`` holds them as a tuple. ``path`` may name a published checkpoint,
     ``pretrained:resmasking_dropout1``: it is downloaded on first use.
     """
     published = str(path).startswith(PRETRAINED_PREFIX)
@@ -87,8 +90,24 @@ def load_model(
     ):
         model.label_names = tuple(label_names)
     model.provenance = checkpoint_provenance(meta, path, model.arch, published)
-    log.info("Loaded %s.", model.provenance.summary())
+    model.calibration = checkpoint_calibration(meta, path)
+    log.info(
+        "Loaded %s; %s.",
+        model.provenance.summary(),
+        model.calibration.summary() if model.calibration else "no temperature",
+    )
     return model.eval()
+
+
+def checkpoint_calibration(meta: dict[str, object], path: str | Path) -> Calibration | None:
+    """The temperature recorded with the weights (``calibration``: Lightning checkpoints and
+    ``model.pt`` written after a fit); ``None`` for files without one (the published ones)."""
+    try:
+        return calibration_record(meta.get("calibration"))
+    except ValueError as error:
+        raise CheckpointError(
+            f"Checkpoint {path}: its calibration record is invalid: {error}"
+        ) from None
 
 
 def _network(

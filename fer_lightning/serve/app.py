@@ -234,6 +234,8 @@ class Service:
             "model": str(self.model),
             "provenance": None if provenance is None else provenance.to_dict(),
             "warning": None if provenance is None else provenance.warning,
+            # Whether the probabilities are divided by a fitted temperature (calibrate=...).
+            "calibration": classifier.calibration_info(),
             "device": str(getattr(classifier, "device", "cpu")),
             "precision": str(getattr(classifier, "precision", "fp32")),
             "input_size": int(classifier.input_size),

@@ -33,11 +33,15 @@ def evaluate_network(
     precision: str = "32-true",
     limit_test_batches: int | float | None = None,
     progress: bool = True,
+    split: str = "test",
 ) -> Predictions:
-    """Softmax outputs of ``net`` over ``datamodule``'s test split (plain and, with ``tta``,
-    averaged over the 10 test-time augmentation views), with the faces resized to
-    ``input_size``; the caller's ``datamodule`` keeps its own ``input_size`` (a shallow copy
-    runs at the network's size). ``precision="auto"`` takes what the device runs natively."""
+    """Softmax outputs (and logits) of ``net`` over ``datamodule``'s test split, or its
+    validation split for ``split="val"`` (plain and, with ``tta``, averaged over the 10
+    test-time augmentation views), with the faces resized to ``input_size``; the caller's
+    ``datamodule`` keeps its own ``input_size`` (a shallow copy runs at the network's size).
+    ``precision="auto"`` takes what the device runs natively."""
+    if split not in ("test", "val"):
+        raise ValueError(f"split must be 'test' or 'val', not {split!r}.")
     module = FERClassifier(
         arch=str(getattr(net, "arch", "unknown")),
         num_classes=num_classes_of(net),
@@ -45,9 +49,12 @@ def evaluate_network(
         tta=tta,
         network=net,
     )
-    if getattr(datamodule, "input_size", None) != input_size:
+    if getattr(datamodule, "input_size", None) != input_size or split == "val":
         datamodule = copy.copy(datamodule)
         datamodule.input_size = input_size
+        if split == "val":
+            # The test path over the validation faces (fitting a temperature).
+            datamodule.test_dataloader = datamodule.val_dataloader
     device = resolve_device("cpu" if accelerator == "cpu" else "auto")
     precision = lightning_precision(precision, device)
     silence_lightning_tips()  # fer-eval's console says what it scores, not Lightning's adverts
@@ -64,5 +71,5 @@ def evaluate_network(
     )
     trainer.test(module, datamodule=datamodule, verbose=False)
     if module.test_predictions is None:
-        raise ValueError("The test split gave no batches (limit_test_batches=0?).")
+        raise ValueError(f"The {split} split gave no batches (limit_test_batches=0?).")
     return module.test_predictions

@@ -271,11 +271,13 @@ class FERClassifier(pl.LightningModule):
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
     def on_test_epoch_start(self) -> None:
-        self._test_outputs = {"probs": [], "probs_tta": [], "labels": []}
+        self._test_outputs = {"probs": [], "probs_tta": [], "labels": [], "logits": []}
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
-        self._test_outputs["probs"].append(torch.softmax(self(x).float(), dim=1).cpu())
+        logits = self(x).float()
+        self._test_outputs["logits"].append(logits.cpu())
+        self._test_outputs["probs"].append(torch.softmax(logits, dim=1).cpu())
         if self.hparams.tta:
             self._test_outputs["probs_tta"].append(tta_probabilities(self, x).cpu())
         self._test_outputs["labels"].append(hard_labels(y).cpu())
@@ -288,6 +290,7 @@ class FERClassifier(pl.LightningModule):
             probs=torch.cat(outputs["probs"]),
             labels=torch.cat(outputs["labels"]),
             probs_tta=torch.cat(outputs["probs_tta"]) if outputs["probs_tta"] else None,
+            logits=torch.cat(outputs["logits"]),
         )
         self._test_outputs = {}
         label_names = (

@@ -1,7 +1,9 @@
-"""Run reports: results.json, the confusion-matrix, per-class and curve figures, the summary.
+"""Run reports: results.json, the confusion-matrix, per-class, reliability and curve figures,
+the summary.
 
 Every figure is drawn from results.json alone (``test/confusion_matrix``, the per-class recall
-plain and with TTA, ``history``), so a report can be drawn again from a finished run.
+plain and with TTA, ``history``, ``calibration``), so a report can be drawn again from a
+finished run.
 """
 
 from __future__ import annotations
@@ -218,6 +220,89 @@ def _label_points(
             )
 
 
+def reliability_figure(results: dict[str, Any]) -> Figure | None:
+    """Reliability diagram of the test split from results.json's ``calibration``: per
+    confidence bin, the accuracy (bars) against the mean confidence (the diagonal is perfect
+    calibration), with each bin's face count; the network's own probabilities beside those
+    divided by the fitted temperature. ``None`` without the bins."""
+    record = results.get("calibration")
+    reliability = record.get("reliability") if isinstance(record, dict) else None
+    if not isinstance(reliability, dict) or "before" not in reliability:
+        return None
+    panels = [("before: the network's softmax", reliability["before"], "")]
+    temperature = record.get("temperature")
+    if "after" in reliability and temperature is not None:
+        panels.append(
+            (f"after: softmax(logits / {temperature:.3g})", reliability["after"], "_calibrated")
+        )
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(5.2 * len(panels), 4.8), layout="constrained", squeeze=False
+    )
+    for ax, (name, bins, suffix) in zip(axes[0], panels, strict=True):
+        edges = np.asarray(bins["edges"], dtype=float)
+        width = edges[1:] - edges[:-1]
+        counts = bins["count"]
+        accuracy = [a if a is not None else 0.0 for a in bins["accuracy"]]
+        confidence = [c if c is not None else 0.0 for c in bins["confidence"]]
+        ax.bar(
+            edges[:-1],
+            accuracy,
+            width,
+            align="edge",
+            color=PLAIN_COLOUR,
+            edgecolor="white",
+            label="accuracy",
+        )
+        low = [
+            min(a, c) if n else 0.0 for a, c, n in zip(accuracy, confidence, counts, strict=True)
+        ]
+        gaps = [
+            abs(c - a) if n else 0.0 for a, c, n in zip(accuracy, confidence, counts, strict=True)
+        ]
+        ax.bar(
+            edges[:-1],
+            gaps,
+            width,
+            bottom=low,
+            align="edge",
+            color="none",
+            edgecolor="tab:red",
+            hatch="////",
+            linewidth=0.8,
+            label="gap to the mean confidence",
+        )
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+        for left, w, n in zip(edges[:-1], width, counts, strict=True):
+            if n:
+                ax.text(left + w / 2, 1.03, str(n), ha="center", va="bottom", fontsize=6)
+        ax.text(0.0, 1.1, "faces per bin:", fontsize=6, va="bottom")
+        ece = results.get(f"test/ece{suffix}")
+        nll = results.get(f"test/nll{suffix}")
+        scores = (
+            f"\nECE {ece:.4f}, NLL {nll:.4f}"
+            if isinstance(ece, float) and isinstance(nll, float)
+            else ""
+        )
+        ax.set_title(f"{name}{scores}", fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.2)
+        ax.set_yticks(np.linspace(0, 1, 6))
+        ax.set_xlabel("confidence (probability of the predicted class)")
+        ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+    if temperature is None:
+        reason = record.get("reason") or "not fitted"
+        # The reason in full is results.json's calibration.reason.
+        short = reason.split(":")[0][:60]
+        axes[0][0].set_title(f"{axes[0][0].get_title()}\nno temperature ({short})", fontsize=9)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=8, frameon=False)
+    samples = results.get("test/samples")
+    faces = f", {samples} faces" if isinstance(samples, int) else ""
+    fig.suptitle(f"Reliability, {split_name(results)}{faces}", fontsize=10)
+    return fig
+
+
 def best_epoch(history: Sequence[dict[str, float]]) -> tuple[int, float] | None:
     """(epoch, validation accuracy) of the best epoch: the checkpoint kept as best.ckpt."""
     scored = [(row["val/acc"], int(row["epoch"])) for row in history if "val/acc" in row]
@@ -269,6 +354,9 @@ def write_run_report(
             title=per_class_title(results),
         )
         written.append(save_figure(figure, run_dir / "per_class.png"))
+    reliability = reliability_figure(results)
+    if reliability is not None:
+        written.append(save_figure(reliability, run_dir / "reliability.png"))
     if history:
         written.append(save_figure(curves_figure(history), run_dir / "curves.png"))
     return written
@@ -282,6 +370,30 @@ def _training_data(record: Any) -> str:
     if not isinstance(record, dict):
         return "n/a"
     return f"{record.get('dataset')}" + (" (synthetic faces)" if record.get("synthetic") else "")
+
+
+def format_calibration(results: dict[str, Any], prefix: str = "test/") -> list[str]:
+    """Summary lines: the temperature (or why none) and ECE / NLL / Brier before and after."""
+    record = results.get("calibration")
+    if not isinstance(record, dict):
+        return []
+    if record.get("temperature") is not None:
+        head = (
+            f"temperature               : {record['temperature']:.4f} (fitted on "
+            f"{record.get('fitted_on')} {record.get('split')} faces"
+            + (f"; {record['source']})" if record.get("source") else ")")
+        )
+    else:
+        head = f"temperature               : none ({record.get('reason') or 'not fitted'})"
+    lines = [head]
+    for name, label in (("ece", "ECE (15 bins)"), ("nll", "NLL"), ("brier", "Brier")):
+        before = results.get(f"{prefix}{name}")
+        if not isinstance(before, float):
+            continue
+        after = results.get(f"{prefix}{name}_calibrated")
+        text = f"{before:.4f}" + (f" -> {after:.4f}" if isinstance(after, float) else "")
+        lines.append(f"test {label:<21}: {text}")
+    return lines
 
 
 def format_summary(results: dict[str, Any], files: Sequence[Path]) -> str:
@@ -301,6 +413,7 @@ def format_summary(results: dict[str, Any], files: Sequence[Path]) -> str:
         + (f" (epoch {results['best_epoch']})" if "best_epoch" in results else ""),
         f"trained on                : {_training_data(results.get('training_data'))}",
     ]
+    lines += format_calibration(results)
     if results.get("warning"):
         lines.append(f"warning                   : {results['warning']}")
     lines += [f"written                   : {path}" for path in files]

@@ -26,11 +26,13 @@ from fer_lightning.labels import EMOTIONS
 
 @dataclass
 class Predictions:
-    """Softmax outputs over a split: ``probs`` (N, C), ``probs_tta`` (N, C) or None, ``labels``."""
+    """Softmax outputs over a split: ``probs`` (N, C), ``probs_tta`` (N, C) or None, ``labels``,
+    and the plain ``logits`` (N, C) they came from (None for an ensemble's average)."""
 
     probs: Tensor
     labels: Tensor
     probs_tta: Tensor | None = None
+    logits: Tensor | None = None
 
 
 def tta_probabilities(forward: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:

@@ -91,11 +91,16 @@ def test_short_run_learns_and_writes_its_report(trained_run):
     assert sum(map(sum, saved["test/confusion_matrix"])) == saved["test/samples"]
     assert saved["config"]["model"]["arch"] == "resnet18"
     assert [row["epoch"] for row in saved["history"]] == [0, 1, 2, 3]
-    for name in ("confusion_matrix.png", "per_class.png", "curves.png"):
+    for name in ("confusion_matrix.png", "per_class.png", "reliability.png", "curves.png"):
         assert (run_dir / name).stat().st_size > 5_000, name
-    # The tested network alone, in the published format, beside the Lightning checkpoints.
+    # The tested network alone, in the published format, beside the Lightning checkpoints,
+    # with the temperature fitted on the 210 validation faces (tests/integration/
+    # test_calibration_run.py checks its numbers).
     published = torch.load(run_dir / "model.pt", weights_only=True)
-    assert set(published) == {"net", "arch", "input_size", "label_names", "training_data"}
+    calibrated = saved["calibration"]["temperature"] is not None
+    assert set(published) == {"net", "arch", "input_size", "label_names", "training_data"} | (
+        {"calibration"} if calibrated else set()
+    )
     assert published["arch"] == "resnet18" and published["input_size"] == 64
     # Provenance: what the model learned from, in model.pt and results.json, with the caution
     # a model of the synthetic faces needs.

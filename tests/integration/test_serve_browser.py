@@ -158,14 +158,18 @@ def test_the_webcam_keeps_face_ids_across_frames_and_ends_its_session(tmp_path, 
         driver.get(f"{url}/")
         driver.find_element(By.ID, "webcam").click()
         result = driver.find_element(By.ID, "result")
-        canvas = driver.find_element(By.ID, "view")
         seen: list[dict] = []
 
         def three_frames(_) -> bool:
-            if result.get_attribute("data-state") == "error":
+            # One read of the page's state: read one by one, the boxes of one frame could be
+            # paired with the next frame's latency line.
+            state, boxes, latency = driver.execute_script(
+                "return [document.getElementById('result').dataset.state,"
+                " document.getElementById('view').dataset.boxes,"
+                " document.getElementById('latency').textContent];"
+            )
+            if state == "error":
                 raise AssertionError(result.text)
-            boxes = canvas.get_attribute("data-boxes")
-            latency = driver.find_element(By.ID, "latency").text
             done = "frames/s" in latency  # written after a webcam frame's answer is drawn
             if done and boxes and latency not in [s["latency"] for s in seen]:
                 seen.append({"latency": latency, "boxes": json.loads(boxes)})
@@ -175,6 +179,18 @@ def test_the_webcam_keeps_face_ids_across_frames_and_ends_its_session(tmp_path, 
         assert all([b["trackId"] for b in s["boxes"]] == [1] for s in seen), seen
         body = json.loads(result.text)
         assert body["faces"][0]["track_id"] == 1 and "smoothed_probs" in body["faces"][0]
+        assert httpx.get(f"{url}/healthz", timeout=30).json()["track_sessions"] == 1
+        # Stopped and started again at once, while a frame is in flight: one loop, one session
+        # (the old loop must not go on beside the new one with its ended session).
+        driver.execute_script("const b = document.getElementById('webcam'); b.click(); b.click();")
+        seen.clear()
+        WebDriverWait(driver, ANSWER_TIMEOUT_S, poll_frequency=0.05).until(three_frames)
+        # The old loop ends its session once its frame's answer is back (a moment later).
+        WebDriverWait(driver, 30).until(
+            lambda _: httpx.get(f"{url}/healthz", timeout=30).json()["track_sessions"] == 1
+        )
+        seen.clear()
+        WebDriverWait(driver, ANSWER_TIMEOUT_S, poll_frequency=0.05).until(three_frames)
         assert httpx.get(f"{url}/healthz", timeout=30).json()["track_sessions"] == 1
         driver.find_element(By.ID, "webcam").click()  # stop
         WebDriverWait(driver, 30).until(

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fer_lightning.faces.crop import DEFAULT_MARGIN, crop_faces
+from fer_lightning.faces.crop import DEFAULT_MARGIN, crop_faces, crop_matrix
 from fer_lightning.faces.detector_worker import RecycledDetector
 from fer_lightning.faces.detectors import Detection, FaceDetector, create_detector
 from fer_lightning.faces.images import load_image
@@ -19,6 +19,7 @@ from fer_lightning.inference.backends import (
     TorchClassifier,
 )
 from fer_lightning.inference.drawing import draw_faces
+from fer_lightning.inference.explain import FaceExplanation, explain_crops
 from fer_lightning.inference.outputs import write_image
 from fer_lightning.inference.predictions import FacePrediction
 from fer_lightning.inference.tables import face_rows, frame_table
@@ -26,7 +27,13 @@ from fer_lightning.inference.video import video_table
 from fer_lightning.models.checkpoints import load_model
 from fer_lightning.models.provenance import ModelProvenance
 
-__all__ = ["EmotionRecognizer", "FacePrediction", "detector_for_recognizer", "save_face_crops"]
+__all__ = [
+    "EmotionRecognizer",
+    "FaceExplanation",
+    "FacePrediction",
+    "detector_for_recognizer",
+    "save_face_crops",
+]
 
 
 def detector_for_recognizer(detector: FaceDetector | str, **options: object) -> FaceDetector:
@@ -198,6 +205,86 @@ class EmotionRecognizer:
             label=labels[int(np.argmax(probs))],
             probs={label: float(p) for label, p in zip(labels, probs, strict=True)},
             landmarks=detection.landmarks,
+        )
+
+    def explain(self, image: object, target: str | int | None = None) -> list[FaceExplanation]:
+        """Faces in one image (path, BGR or grayscale array, PIL image) with where the network
+        looked: per face the box, the probabilities and the maps (Grad-CAM of ``target``, a
+        label or class index, by default each face's predicted class; for the Residual Masking
+        Networks also the four masks and their mean), float32 in [0, 1] over the 48x48 crop
+        (``crop_maps``) and aligned with the image (``image_map(name)``, ``maps``). Needs a
+        PyTorch model (not ONNX); runs in fp32."""
+        return self.explain_batch([image], target)[0]
+
+    def explain_batch(
+        self, images: Iterable[object], target: str | int | None = None
+    ) -> list[list[FaceExplanation]]:
+        """:meth:`explain` for many images, the faces in batches of ``classifier.batch_size``."""
+        classifier = self.classifier
+        if not isinstance(classifier, TorchClassifier):
+            raise ValueError(
+                "explain needs a PyTorch model (a checkpoint or model.pt); "
+                f"{type(classifier).__name__} cannot give gradients or masks."
+            )
+        target_index = self._class_index(target)
+        bgr_images = [load_image(image) for image in images]
+        results: list[list[FaceExplanation]] = []
+        for image in bgr_images:
+            found = self.detector.detect(image)
+            crops = crop_faces(image, found, self.margin, self.align_faces)
+            faces: list[FaceExplanation] = []
+            for start in range(0, len(found), classifier.batch_size):
+                batch = crops[start : start + classifier.batch_size]
+                probs, maps = explain_crops(
+                    classifier.model,
+                    batch,
+                    classifier.input_size,
+                    target_index,
+                    classifier.temperature,
+                )
+                for i, (detection, p) in enumerate(
+                    zip(found[start : start + len(batch)], probs, strict=True)
+                ):
+                    faces.append(
+                        self._explanation(
+                            detection, p, {k: v[i] for k, v in maps.items()}, image, target_index
+                        )
+                    )
+            results.append(faces)
+        return results
+
+    def _class_index(self, target: str | int | None) -> int | None:
+        if target is None:
+            return None
+        labels = self.classifier.labels
+        if isinstance(target, str) and not target.lstrip("-").isdigit():
+            if target not in labels:
+                raise ValueError(f"Unknown target {target!r}; the labels are {', '.join(labels)}.")
+            return labels.index(target)
+        index = int(target)
+        if not 0 <= index < len(labels):
+            raise ValueError(f"Target class {index} is out of range 0-{len(labels) - 1}.")
+        return index
+
+    def _explanation(
+        self,
+        detection: Detection,
+        probs: np.ndarray,
+        crop_maps: dict[str, np.ndarray],
+        image: np.ndarray,
+        target: int | None,
+    ) -> FaceExplanation:
+        face = self._prediction(detection, probs)
+        labels = self.classifier.labels
+        return FaceExplanation(
+            box=face.box,
+            score=face.score,
+            label=face.label,
+            probs=face.probs,
+            target=face.label if target is None else labels[target],
+            crop_maps=crop_maps,
+            matrix=crop_matrix(detection, self.margin, self.align_faces),
+            image_shape=(int(image.shape[0]), int(image.shape[1])),
         )
 
     def predict_frame_table(

@@ -18,7 +18,7 @@ from fer_lightning.inference.backends import (
     OnnxClassifier,
     TorchClassifier,
 )
-from fer_lightning.inference.drawing import draw_faces
+from fer_lightning.inference.drawing import draw_explanations, draw_faces
 from fer_lightning.inference.explain import FaceExplanation, explain_crops
 from fer_lightning.inference.outputs import write_image
 from fer_lightning.inference.predictions import FacePrediction
@@ -220,6 +220,18 @@ class EmotionRecognizer:
         self, images: Iterable[object], target: str | int | None = None
     ) -> list[list[FaceExplanation]]:
         """:meth:`explain` for many images, the faces in batches of ``classifier.batch_size``."""
+        bgr_images = [load_image(image) for image in images]
+        detections = [self.detector.detect(image) for image in bgr_images]
+        return self.explain_detected(bgr_images, detections, target)
+
+    def explain_detected(
+        self,
+        bgr_images: Sequence[np.ndarray],
+        detections: Sequence[list[Detection]],
+        target: str | int | None = None,
+    ) -> list[list[FaceExplanation]]:
+        """:meth:`explain` of faces already found: ``detections[i]`` in ``bgr_images[i]``
+        (H, W, 3) BGR uint8."""
         classifier = self.classifier
         if not isinstance(classifier, TorchClassifier):
             raise ValueError(
@@ -227,10 +239,8 @@ class EmotionRecognizer:
                 f"{type(classifier).__name__} cannot give gradients or masks."
             )
         target_index = self._class_index(target)
-        bgr_images = [load_image(image) for image in images]
         results: list[list[FaceExplanation]] = []
-        for image in bgr_images:
-            found = self.detector.detect(image)
+        for image, found in zip(bgr_images, detections, strict=True):
             crops = crop_faces(image, found, self.margin, self.align_faces)
             faces: list[FaceExplanation] = []
             for start in range(0, len(found), classifier.batch_size):
@@ -324,6 +334,13 @@ class EmotionRecognizer:
     def draw(self, image: object, faces: Sequence[FacePrediction]) -> np.ndarray:
         """A BGR copy of ``image`` with each face's box, label and probability bars."""
         return draw_faces(load_image(image), faces)
+
+    def draw_explanations(
+        self, image: object, faces: Sequence[FaceExplanation], name: str = "gradcam"
+    ) -> np.ndarray:
+        """A BGR copy of ``image`` with each face's map ``name`` over it (JET colours), its
+        box, label and score."""
+        return draw_explanations(load_image(image), faces, name)
 
     def __repr__(self) -> str:
         return (

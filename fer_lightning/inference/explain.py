@@ -37,6 +37,7 @@ from fer_lightning.models.calibration import calibrated_probabilities
 GRADCAM = "gradcam"
 MASK_NAMES = ("mask1", "mask2", "mask3", "mask4")
 COMBINED_MASKS = "masks"
+STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
 def has_masks(model: nn.Module) -> bool:
@@ -69,31 +70,49 @@ def explain_crops(
     input_size: int,
     target: int | Sequence[int] | None = None,
     temperature: float | None = None,
+    layer: str | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Probabilities and maps of (N, 48, 48) uint8 face crops through ``model`` (eval mode).
 
     ``target``: the class whose Grad-CAM is drawn, one for all faces or one per face; ``None``:
-    each face's most likely class. Returns (N, K) float32 probabilities (``softmax(logits /
-    temperature)``) and ``{name: (N, 48, 48) float32 in [0, 1]}`` for :func:`map_names`.
+    each face's most likely class. ``layer``: the Grad-CAM's feature map, ``None`` for the
+    last stage's (what the pooling reads) or a stage's output (``layer1`` ... ``layer4``,
+    strides 4 to 32: finer, but further from the decision). Returns (N, K) float32
+    probabilities (``softmax(logits / temperature)``) and ``{name: (N, 48, 48) float32 in
+    [0, 1]}`` for :func:`map_names`.
     """
     device = next(model.parameters()).device
-    x = to_model_input(torch.from_numpy(np.ascontiguousarray(crops)).to(device), input_size)
+    faces = torch.from_numpy(np.ascontiguousarray(crops)).to(device)
     captured: dict[str, Tensor] = {}
-    hooks = [
-        model.avgpool.register_forward_hook(
-            lambda _m, inputs, _out: captured.__setitem__(GRADCAM, inputs[0])
-        )
-    ]
+
+    # Grad mode is per thread: a plain prediction running the same model meanwhile in another
+    # thread (under inference mode, as fer-serve's batcher does) is not captured.
+    def store(name: str, value: Tensor) -> None:
+        if torch.is_grad_enabled():
+            captured[name] = value
+
+    if layer is None:
+        hooks = [
+            model.avgpool.register_forward_hook(lambda _m, inputs, _out: store(GRADCAM, inputs[0]))
+        ]
+    else:
+        if layer not in STAGES:
+            raise ValueError(f"Unknown layer {layer!r}; Grad-CAM reads one of {', '.join(STAGES)}.")
+        hooks = [
+            getattr(model, layer).register_forward_hook(
+                lambda _m, _inputs, out: store(GRADCAM, out)
+            )
+        ]
     if has_masks(model):
         for name in MASK_NAMES:
 
             def keep(_m: nn.Module, inputs: tuple[Tensor], out: Tensor, name: str = name) -> None:
-                captured[name] = (out * inputs[0]).sum(1).detach()
+                store(name, (out * inputs[0]).sum(1).detach())
 
             hooks.append(getattr(model, name).register_forward_hook(keep))
     try:
-        with torch.enable_grad():
-            logits = model(x).float()
+        with torch.inference_mode(False), torch.enable_grad():
+            logits = model(to_model_input(faces.clone(), input_size)).float()
             if target is None:
                 classes = logits.argmax(1)
             else:

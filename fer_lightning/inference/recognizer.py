@@ -238,7 +238,7 @@ class EmotionRecognizer:
                 "explain needs a PyTorch model (a checkpoint or model.pt); "
                 f"{type(classifier).__name__} cannot give gradients or masks."
             )
-        target_index = self._class_index(target)
+        target_index = self.class_index(target)
         results: list[list[FaceExplanation]] = []
         for image, found in zip(bgr_images, detections, strict=True):
             crops = crop_faces(image, found, self.margin, self.align_faces)
@@ -263,7 +263,9 @@ class EmotionRecognizer:
             results.append(faces)
         return results
 
-    def _class_index(self, target: str | int | None) -> int | None:
+    def class_index(self, target: str | int | None) -> int | None:
+        """The class index of ``target`` (a label, or an index as a number or digits);
+        ``None`` stays ``None``. ``ValueError`` for an unknown label or an index out of range."""
         if target is None:
             return None
         labels = self.classifier.labels

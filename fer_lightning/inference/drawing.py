@@ -141,7 +141,7 @@ def _draw_bars(
 
 
 class ExplainedFace(LabelledFace, Protocol):
-    def image_map(self, name: str = ...) -> np.ndarray: ...
+    def image_map(self, name: str | None = ...) -> np.ndarray: ...
 
 
 #: How strongly a map's colour covers the face where the map is 1.

@@ -35,6 +35,8 @@ from fer_lightning.labels import FACE_SIZE
 from fer_lightning.models.calibration import calibrated_probabilities
 
 GRADCAM = "gradcam"
+HIRESCAM = "hirescam"
+CLASS_MAPS = (GRADCAM, HIRESCAM)
 MASK_NAMES = ("mask1", "mask2", "mask3", "mask4")
 COMBINED_MASKS = "masks"
 STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -47,10 +49,11 @@ def has_masks(model: nn.Module) -> bool:
     )
 
 
-def map_names(model: nn.Module) -> tuple[str, ...]:
-    """The maps :func:`explain_crops` gives for ``model``: ``gradcam``, and for the masking
-    networks ``mask1`` ... ``mask4`` and ``masks``."""
-    return (GRADCAM, *MASK_NAMES, COMBINED_MASKS) if has_masks(model) else (GRADCAM,)
+def map_names(model: nn.Module, method: str = GRADCAM) -> tuple[str, ...]:
+    """The maps :func:`explain_crops` gives for ``model``: the class map ``method``
+    (``gradcam`` or ``hirescam``), and for the masking networks ``mask1`` ... ``mask4`` and
+    ``masks``."""
+    return (method, *MASK_NAMES, COMBINED_MASKS) if has_masks(model) else (method,)
 
 
 def _unit(maps: Tensor) -> Tensor:
@@ -71,16 +74,22 @@ def explain_crops(
     target: int | Sequence[int] | None = None,
     temperature: float | None = None,
     layer: str | None = None,
+    method: str = GRADCAM,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Probabilities and maps of (N, 48, 48) uint8 face crops through ``model`` (eval mode).
 
     ``target``: the class whose Grad-CAM is drawn, one for all faces or one per face; ``None``:
     each face's most likely class. ``layer``: the Grad-CAM's feature map, ``None`` for the
     last stage's (what the pooling reads) or a stage's output (``layer1`` ... ``layer4``,
-    strides 4 to 32: finer, but further from the decision). Returns (N, K) float32
+    strides 4 to 32: finer, but further from the decision). ``method``: ``gradcam`` weighs
+    each channel by its mean gradient; ``hirescam`` (Draelos & Carin, 2020) multiplies
+    gradients and activations place by place, so that it stays faithful at earlier, finer
+    stages. Returns (N, K) float32
     probabilities (``softmax(logits / temperature)``) and ``{name: (N, 48, 48) float32 in
     [0, 1]}`` for :func:`map_names`.
     """
+    if method not in CLASS_MAPS:
+        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(CLASS_MAPS)}.")
     device = next(model.parameters()).device
     faces = torch.from_numpy(np.ascontiguousarray(crops)).to(device)
     captured: dict[str, Tensor] = {}
@@ -123,9 +132,10 @@ def explain_crops(
     finally:
         for hook in hooks:
             hook.remove()
-    weights = grads.float().mean((2, 3), keepdim=True)
+    grads = grads.float()
+    weights = grads.mean((2, 3), keepdim=True) if method == GRADCAM else grads
     cam = F.relu((weights * features.detach().float()).sum(1))
-    maps = {GRADCAM: _to_crop(cam, FACE_SIZE)}
+    maps = {method: _to_crop(cam, FACE_SIZE)}
     if has_masks(model):
         for name in MASK_NAMES:
             maps[name] = _to_crop(_unit(captured[name].float()), FACE_SIZE)
@@ -176,8 +186,11 @@ class FaceExplanation:
         """Probability of ``label``."""
         return self.probs[self.label]
 
-    def image_map(self, name: str = GRADCAM) -> np.ndarray:
-        """The map ``name`` over the whole image: (H, W) float32 in [0, 1], zero off the crop."""
+    def image_map(self, name: str | None = None) -> np.ndarray:
+        """The map ``name`` (default: the class map, ``gradcam`` or ``hirescam``) over the
+        whole image: (H, W) float32 in [0, 1], zero off the crop."""
+        if name is None:
+            name = next(iter(self.crop_maps))
         if name not in self.crop_maps:
             raise KeyError(f"No map {name!r}; this face has {', '.join(self.crop_maps)}.")
         return crop_map_to_image(self.crop_maps[name], self.matrix, self.image_shape)

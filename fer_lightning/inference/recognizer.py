@@ -207,28 +207,45 @@ class EmotionRecognizer:
             landmarks=detection.landmarks,
         )
 
-    def explain(self, image: object, target: str | int | None = None) -> list[FaceExplanation]:
+    def explain(
+        self,
+        image: object,
+        target: str | int | None = None,
+        *,
+        layer: str | None = None,
+        method: str = "gradcam",
+    ) -> list[FaceExplanation]:
         """Faces in one image (path, BGR or grayscale array, PIL image) with where the network
         looked: per face the box, the probabilities and the maps (Grad-CAM of ``target``, a
         label or class index, by default each face's predicted class; for the Residual Masking
         Networks also the four masks and their mean), float32 in [0, 1] over the 48x48 crop
-        (``crop_maps``) and aligned with the image (``image_map(name)``, ``maps``). Needs a
-        PyTorch model (not ONNX); runs in fp32."""
-        return self.explain_batch([image], target)[0]
+        (``crop_maps``) and aligned with the image (``image_map(name)``, ``maps``). ``layer``
+        and ``method`` choose the class map (see ``explain_crops`` in
+        :mod:`fer_lightning.inference.explain`; by default Grad-CAM at the last stage). Needs
+        a PyTorch model (not ONNX); runs in fp32."""
+        return self.explain_batch([image], target, layer=layer, method=method)[0]
 
     def explain_batch(
-        self, images: Iterable[object], target: str | int | None = None
+        self,
+        images: Iterable[object],
+        target: str | int | None = None,
+        *,
+        layer: str | None = None,
+        method: str = "gradcam",
     ) -> list[list[FaceExplanation]]:
         """:meth:`explain` for many images, the faces in batches of ``classifier.batch_size``."""
         bgr_images = [load_image(image) for image in images]
         detections = [self.detector.detect(image) for image in bgr_images]
-        return self.explain_detected(bgr_images, detections, target)
+        return self.explain_detected(bgr_images, detections, target, layer=layer, method=method)
 
     def explain_detected(
         self,
         bgr_images: Sequence[np.ndarray],
         detections: Sequence[list[Detection]],
         target: str | int | None = None,
+        *,
+        layer: str | None = None,
+        method: str = "gradcam",
     ) -> list[list[FaceExplanation]]:
         """:meth:`explain` of faces already found: ``detections[i]`` in ``bgr_images[i]``
         (H, W, 3) BGR uint8."""
@@ -251,6 +268,8 @@ class EmotionRecognizer:
                     classifier.input_size,
                     target_index,
                     classifier.temperature,
+                    layer,
+                    method,
                 )
                 for i, (detection, p) in enumerate(
                     zip(found[start : start + len(batch)], probs, strict=True)

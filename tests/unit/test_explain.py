@@ -7,12 +7,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fer_lightning.data.synthetic import draw_face, draw_face_with_regions
 from fer_lightning.faces.crop import crop_face, crop_matrix
 from fer_lightning.faces.detectors import Detection, FaceDetector
 from fer_lightning.inference import EmotionRecognizer, TorchClassifier
-from fer_lightning.inference.explain import MASK_NAMES, explain_crops, map_names
+from fer_lightning.inference.explain import HIRESCAM, MASK_NAMES, explain_crops, map_names
 from fer_lightning.labels import EMOTIONS
 from fer_lightning.models import create_model
 
@@ -155,3 +156,33 @@ def test_regions_of_a_synthetic_face_match_its_drawing():
     # The features are darker than the skin just around them.
     ring = cv2.dilate(regions.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & ~regions
     assert face[regions].mean() < face[ring].mean() - 10
+
+
+def test_hirescam_at_an_earlier_stage_is_finer_and_unknown_choices_are_refused(resnet):
+    faces = np.stack([draw_face(c, np.random.default_rng(c)) for c in range(2)])
+    model = resnet.model
+    _, maps = explain_crops(model, faces, 64, layer="layer2", method=HIRESCAM)
+    assert set(maps) == {HIRESCAM} and maps[HIRESCAM].shape == (2, 48, 48)
+    assert maps[HIRESCAM].min() >= 0.0 and maps[HIRESCAM].max() <= 1.0
+    with pytest.raises(ValueError, match="Unknown layer"):
+        explain_crops(model, faces, 64, layer="fc")
+    with pytest.raises(ValueError, match="Unknown method"):
+        explain_crops(model, faces, 64, method="saliency")
+
+
+def test_no_2x2_map_can_concentrate_twice_on_the_features():
+    """Why the mass test does not use the last stage at the demo's 64 px: that stage is a 2x2
+    grid, and even the best 2x2 map (the regions themselves, averaged into 2x2 cells and
+    sharpened) puts well under twice the features' share of the area on them."""
+    rng = np.random.default_rng(5)
+    regions = np.stack([draw_face_with_regions(i % 7, rng)[1] for i in range(70)])
+    regions = torch.from_numpy(regions.astype(np.float32))[:, None]
+    for cells, most in ((2, 1.5), (8, None)):
+        best = F.adaptive_avg_pool2d(regions, cells) ** 4
+        up = F.interpolate(best, size=(48, 48), mode="bilinear")[:, 0].numpy()
+        share = (up * regions[:, 0].numpy()).sum((1, 2)) / up.sum((1, 2))
+        score = float((share / regions[:, 0].numpy().mean((1, 2))).mean())
+        if most is not None:
+            assert score < most
+        else:
+            assert score > 4.0

@@ -256,29 +256,35 @@ class EmotionRecognizer:
                 f"{type(classifier).__name__} cannot give gradients or masks."
             )
         target_index = self.class_index(target)
+        # Every face of every image through the network in batches, as recognize does.
+        crops = [
+            crop_faces(image, found, self.margin, self.align_faces)
+            for image, found in zip(bgr_images, detections, strict=True)
+        ]
+        all_crops = np.concatenate(crops) if crops else np.zeros((0, 48, 48), np.uint8)
+        probs: list[np.ndarray] = []
+        maps: list[dict[str, np.ndarray]] = []
+        for start in range(0, len(all_crops), classifier.batch_size):
+            batch_probs, batch_maps = explain_crops(
+                classifier.model,
+                all_crops[start : start + classifier.batch_size],
+                classifier.input_size,
+                target_index,
+                classifier.temperature,
+                layer,
+                method,
+            )
+            probs += list(batch_probs)
+            maps += [{k: v[i] for k, v in batch_maps.items()} for i in range(len(batch_probs))]
         results: list[list[FaceExplanation]] = []
+        face = 0
         for image, found in zip(bgr_images, detections, strict=True):
-            crops = crop_faces(image, found, self.margin, self.align_faces)
-            faces: list[FaceExplanation] = []
-            for start in range(0, len(found), classifier.batch_size):
-                batch = crops[start : start + classifier.batch_size]
-                probs, maps = explain_crops(
-                    classifier.model,
-                    batch,
-                    classifier.input_size,
-                    target_index,
-                    classifier.temperature,
-                    layer,
-                    method,
+            faces = []
+            for detection in found:
+                faces.append(
+                    self._explanation(detection, probs[face], maps[face], image, target_index)
                 )
-                for i, (detection, p) in enumerate(
-                    zip(found[start : start + len(batch)], probs, strict=True)
-                ):
-                    faces.append(
-                        self._explanation(
-                            detection, p, {k: v[i] for k, v in maps.items()}, image, target_index
-                        )
-                    )
+                face += 1
             results.append(faces)
         return results
 

@@ -9,6 +9,9 @@ Network's four masks, as maps over the face crop and over the image.
   map is what the mask adds to the features there, ``sum_c m_c * x_c`` (``x * (1 + m)`` in the
   network), from forward hooks, so the module names and checkpoint keys stay as they are.
 * ``masks``: the mean of the four mask maps over the crop.
+* ``hirescam`` (with ``method="hirescam"``, in place of ``gradcam``): HiResCAM (Draelos &
+  Carin, 2020), ``relu(sum_c d score / d A_c * A_c)`` place by place, faithful at earlier,
+  finer stages (``layer=``) where Grad-CAM's averaged weights blur.
 
 Each map is scaled per face by its maximum into [0, 1] (all zeros where the map is zero),
 up-sampled bilinearly to the 48x48 crop (the grid of a stage covers the crop evenly) and laid
@@ -16,7 +19,8 @@ over the image with the crop's affine matrix (:func:`fer_lightning.faces.crop.cr
 zero outside the crop.
 
 Hand-written with hooks rather than ``grad-cam`` (which needs torchvision, not installed here)
-or ``captum`` (a large dependency for 30 lines, and neither knows the masking blocks).
+or ``captum`` (a dependency for two hooks and one ``autograd.grad``; neither library reads the
+masking blocks, which need hooks of their own anyway).
 """
 
 from __future__ import annotations

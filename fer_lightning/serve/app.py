@@ -502,6 +502,7 @@ def add_routes(app: FastAPI, service: Service) -> None:
         responses={
             **PREDICT_ERRORS,
             200: {"content": {"image/png": {}}, "description": "JSON maps, or a PNG overlay"},
+            501: {"model": ErrorMessage, "description": "the server runs an ONNX model"},
         },
         openapi_extra=PREDICT_BODY,
     )

@@ -203,6 +203,8 @@ def run_task(cfg: DictConfig) -> None:
         recognizer, _ = build_recognizer(config, config.batch_size)
         if config.explain and not isinstance(recognizer.classifier, TorchClassifier):
             raise UserError(EXPLAIN_NEEDS_TORCH)
+        if config.explain and videos:
+            print("note: explain=true writes overlays for images only, not videos", file=sys.stderr)
         warning = recognizer.provenance.warning if recognizer.provenance else None
         if warning:
             print(printable(f"warning: {warning}"), file=sys.stderr)

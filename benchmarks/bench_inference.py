@@ -3,6 +3,7 @@
     python benchmarks/bench_inference.py speed [--repeats 3] [--arch A --size S] [--ckpt PATH]
     python benchmarks/bench_inference.py video-memory [--frames 3000]
     python benchmarks/bench_inference.py detectors [--repeats 20]
+    python benchmarks/bench_inference.py explain [--repeats 3] [--arch A --size S]
 
 Each takes ``--json PATH`` (the figures, the machine and the command line as JSON).
 
@@ -21,6 +22,10 @@ does not depend on their values):
   agreement with fp32 on the synthetic test split.
 
 It prints faces/s and the ratios to the loop; only the ratios travel between machines.
+
+``explain`` times, interleaved, ``EmotionRecognizer.predict`` against ``explain`` (Grad-CAM of
+the predicted class, and for the masking networks the four masks) on the same frame, fp32,
+detection included in both: the cost of an explanation per face.
 
 ``video-memory`` runs the video path (``predict_video``: yunet in a recycled worker, a small
 network, annotated output written) over a generated video, and samples the resident memory of
@@ -185,6 +190,39 @@ def speed(
         int8=int8,
         vs_fp32_on_frame=on_frame,
     )
+
+
+def explain_cost(repeats: int, arch: str, size: int, run: Run, json_path: Path | None) -> None:
+    """Seconds per face of ``predict`` and ``explain`` on the 8-face frame (median of
+    ``repeats``, interleaved), fp32, yunet detection included in both."""
+    torch.manual_seed(0)
+    model = create_model(arch).eval()
+    detector = RecycledDetector("yunet")
+    frame = eight_face_frame()
+    n_faces = len(detector.detect(frame))
+    assert n_faces == 8, "the benchmark frame should hold 8 detectable faces"
+    recognizer = _recognizer(model, detector, "fp32", size)
+    runners = {"predict": recognizer.predict, "explain": recognizer.explain}
+    for call in runners.values():  # warm-up
+        call(frame)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, call in runners.items():
+            start = time.perf_counter()
+            call(frame)
+            times[name].append(time.perf_counter() - start)
+    per_face = {name: float(np.median(values)) / n_faces for name, values in times.items()}
+    frame_s = {name: n_faces * seconds for name, seconds in per_face.items()}
+    run.set_reference("predict", per_face["predict"], seconds_per_frame=frame_s["predict"])
+    run.add("explain", per_face["explain"], seconds_per_frame=frame_s["explain"])
+    print(
+        f"{arch} at {size}, fp32, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{repeats} repeats (median), {n_faces} faces, detection included"
+    )
+    for name, seconds in per_face.items():
+        print(f"{name:>8}: {1000 * seconds:8.1f} ms per face ({frame_s[name]:.3f} s/frame)")
+    print(f"explain costs {per_face['explain'] / per_face['predict']:.2f}x predict per face")
+    run.write_json(json_path, arch=arch, size=size, repeats=repeats, times_s=times)
 
 
 def _probabilities(faces) -> np.ndarray:
@@ -355,13 +393,18 @@ def main(argv: list[str] | None = None) -> int:
     leak_parser.add_argument("--video", type=Path, required=True)
     leak_parser.add_argument("--sample-every", type=int, default=250)
     add_options(leak_parser, bf16=False)
+    explain_parser = sub.add_parser("explain")
+    explain_parser.add_argument("--repeats", type=int, default=3)
+    explain_parser.add_argument("--arch", default="resmasking_dropout1")
+    explain_parser.add_argument("--size", type=int, default=224, help="network input side")
+    add_options(explain_parser, bf16=False)
     video_parser = sub.add_parser("video-memory")
     video_parser.add_argument("--frames", type=int, default=3000)
     video_parser.add_argument("--recycle-every", type=int, default=500)
     video_parser.add_argument("--sample-every", type=int, default=250)
     add_options(video_parser, bf16=False)
     args = parser.parse_args(argv)
-    units = {"speed": "faces/s", "detectors": "ms per call"}
+    units = {"speed": "faces/s", "detectors": "ms per call", "explain": "s per face"}
     run = Run(
         f"bench_inference {args.command}",
         units.get(args.command, "MB"),
@@ -373,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         detector_memory(args.video, args.sample_every, run, args.json)
     elif args.command == "detectors":
         detector_timings(args.repeats, run, args.json)
+    elif args.command == "explain":
+        explain_cost(args.repeats, args.arch, args.size, run, args.json)
     else:
         video_memory(args.frames, args.recycle_every, args.sample_every, run, args.json)
     return 0

@@ -37,6 +37,7 @@ from fer_lightning.cli.config import hydra_entry, raw_override, typed_override
 from fer_lightning.cli.errors import UserError, config_number
 from fer_lightning.cli.recognizer import RecognizerOptions, build_recognizer, required_text
 from fer_lightning.faces.images import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageError, read_image
+from fer_lightning.inference.backends import TorchClassifier
 from fer_lightning.inference.outputs import (
     TIMELINE_SUFFIX,
     OutputFolderError,
@@ -70,6 +71,13 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 GROUP_MAX_PIXELS = 100_000_000
 PREDICTIONS_JSONL, PREDICTIONS_CSV = "predictions.jsonl", "predictions.csv"
 TRACKS_CSV = "tracks.csv"
+# explain=true: an image's overlay of where the network looked is <annotated copy>.explain.png,
+# named in predictions.jsonl under this key (not a predictions.csv column).
+EXPLAIN_SUFFIX, EXPLAIN_KEY = ".explain.png", "explain"
+EXPLAIN_NEEDS_TORCH = (
+    "explain=true needs a PyTorch model (a checkpoint or model.pt), not an ONNX file: it "
+    "takes gradients and the masks from inside the network."
+)
 # Up to this many images, each face's label is also printed on the console.
 PRINT_FACES_UP_TO = 10
 EXAMPLE = "fer-predict ckpt_path=best.ckpt source=photo.jpg (an image, folder, video or webcam 0)"
@@ -88,6 +96,7 @@ class PredictConfig(RecognizerOptions):
     batch_size: int
     image_batch: int
     draw: bool
+    explain: bool
     max_frames: int | None
     every_n_frames: int
     recycle_every: int
@@ -115,6 +124,7 @@ class PredictConfig(RecognizerOptions):
             batch_size=number("batch_size"),
             image_batch=number("image_batch"),
             draw=bool(cfg.draw),
+            explain=bool(cfg.get("explain", False)),
             max_frames=number("max_frames", optional=True),
             every_n_frames=number("every_n_frames"),
             recycle_every=number("recycle_every"),
@@ -188,7 +198,13 @@ def run_task(cfg: DictConfig) -> None:
         for key, folder in (("output_dir", config.output_dir), ("save_faces", config.save_faces)):
             if folder is not None:
                 check_output_folder(Path(folder), key)
+        if config.explain and config.ckpt_path.lower().endswith(".onnx"):
+            raise UserError(EXPLAIN_NEEDS_TORCH)
         recognizer, _ = build_recognizer(config, config.batch_size)
+        if config.explain and not isinstance(recognizer.classifier, TorchClassifier):
+            raise UserError(EXPLAIN_NEEDS_TORCH)
+        if config.explain and videos:
+            print("note: explain=true writes overlays for images only, not videos", file=sys.stderr)
         warning = recognizer.provenance.warning if recognizer.provenance else None
         if warning:
             print(printable(f"warning: {warning}"), file=sys.stderr)
@@ -271,7 +287,7 @@ class PredictionFiles:
             for row in rows:
                 self.jsonl.write(json.dumps(_json_line(row)) + "\n")
             self._current = self.targets[1]
-            self.table.write(rows)
+            self.table.write([{k: v for k, v in row.items() if k != EXPLAIN_KEY} for row in rows])
         except OSError as error:
             raise OutputWriteError(self._current, error) from None
 
@@ -328,9 +344,14 @@ def _json_line(row: dict[str, Any]) -> dict[str, Any]:
     probs = {
         k: v
         for k, v in row.items()
-        if k not in BASE_COLUMNS and k not in TRACK_COLUMNS and not k.startswith("smoothed_")
+        if k not in BASE_COLUMNS
+        and k not in TRACK_COLUMNS
+        and k != EXPLAIN_KEY
+        and not k.startswith("smoothed_")
     }
     line["probs"] = probs if has_face else None
+    if row.get(EXPLAIN_KEY):
+        line[EXPLAIN_KEY] = row[EXPLAIN_KEY]
     if row.get("track_id") is not None:
         line["track_id"] = row["track_id"]
         line["smoothed_label"] = row["smoothed_label"]
@@ -529,12 +550,22 @@ def run_images(
         items, images, detections = zip(*good, strict=True)
         crop_names = [item.crops for item in items]
         faces = recognizer.recognize(images, detections, where.save_faces, crop_names)
-        for item, image, image_faces in zip(items, images, faces, strict=True):
+        explained = (
+            recognizer.explain_detected(images, detections)
+            if config.explain
+            else [None] * len(images)
+        )
+        for item, image, image_faces, why in zip(items, images, faces, explained, strict=True):
             summary.images += 1
             summary.faces += len(image_faces)
             summary.without_faces += not image_faces
             output = item.output if config.draw else None
             rows = face_rows(image_faces, item.name, output) or [no_face_row(item.name, output)]
+            if why:
+                overlay = item.output + EXPLAIN_SUFFIX
+                write_image(where.output_dir / overlay, recognizer.draw_explanations(image, why))
+                for row in rows:
+                    row[EXPLAIN_KEY] = overlay
             files.write(rows)
             if config.draw:
                 write_image(where.output_dir / item.output, recognizer.draw(image, image_faces))

@@ -11,7 +11,7 @@ path (``data=ferplus``) runs offline too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -84,6 +84,30 @@ class Expression:
 
 def draw_face(label: int, rng: np.random.Generator) -> np.ndarray:
     """One face showing ``label`` (FER order): (48, 48) uint8."""
+    return _draw(label, rng, None)
+
+
+def draw_face_with_regions(label: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`draw_face` (the same face for the same ``rng`` state) and where the features
+    that decide its class are: (48, 48) uint8 face, (48, 48) bool mask.
+
+    The emotions differ only in the eyes, the brows and the mouth (and disgust's wrinkles over
+    the nose); the head, the nose and the lighting carry no class. The mask covers those
+    strokes widened by about 1.5 pixels of the 48x48 face on every side."""
+    regions = np.zeros((_CANVAS, _CANVAS), dtype=np.float32)
+    face = _draw(label, rng, regions)
+    small = cv2.resize(regions, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA)
+    return face, small > 0.25
+
+
+# The class-deciding strokes are drawn this much thicker (canvas pixels) into the region mask.
+_REGION_WIDEN = 6
+
+
+def _draw(label: int, rng: np.random.Generator, regions: np.ndarray | None) -> np.ndarray:
+    """The face on the canvas, photographed to 48x48; with ``regions`` (the canvas's shape,
+    zeros) the class-deciding strokes are also drawn there (1, widened) and rotated as the
+    face is, in place."""
     head = _random_head(rng)
     img = np.full((_CANVAS, _CANVAS), head.background, dtype=np.float32)
     cv2.ellipse(
@@ -101,14 +125,26 @@ def draw_face(label: int, rng: np.random.Generator) -> np.ndarray:
     expression = _expression(EMOTIONS[label], head)
     eye_w = 0.16 * head.a * rng.uniform(0.9, 1.1)
     mouth_w = 0.3 * head.a * rng.uniform(0.9, 1.1)
+    state = rng.bit_generator.state
     _draw_eyes_and_brows(img, head, expression, eye_w)
     _draw_mouth(img, head, expression, mouth_w, rng)
+    if regions is not None:
+        # The same strokes again, from the same random state, in 1 and wider.
+        after = rng.bit_generator.state
+        rng.bit_generator.state = state
+        marker = replace(head, ink=1.0, thick=head.thick + _REGION_WIDEN)
+        _draw_eyes_and_brows(regions, marker, expression, eye_w)
+        _draw_mouth(regions, marker, expression, mouth_w, rng)
+        rng.bit_generator.state = after
     # The nose, the same for everyone.
     cx, cy, a, b = head.cx, head.cy, head.a, head.b
     _poly(
         img, [(cx, cy - 0.05 * b), (cx - 0.05 * a, cy + 0.2 * b), (cx, cy + 0.22 * b)], head.ink, 1
     )
-    return _photograph(img, head, rng)
+    angle = rng.uniform(-10, 10)
+    if regions is not None:
+        regions[:] = _rotate(regions, head, angle, 0.0)
+    return _photograph(img, head, angle, rng)
 
 
 def _random_head(rng: np.random.Generator) -> Head:
@@ -189,13 +225,17 @@ def _draw_mouth(
             _poly(img, [(cx - 0.12 * a, wy), (cx + 0.12 * a, wy)], ink, max(thick - 1, 1))
 
 
-def _photograph(img: np.ndarray, head: Head, rng: np.random.Generator) -> np.ndarray:
-    """Rotate, downsample to 48x48, light, blur and add noise: the canvas as a camera sees it."""
-    angle = rng.uniform(-10, 10)
+def _rotate(img: np.ndarray, head: Head, angle: float, border: float) -> np.ndarray:
     matrix = cv2.getRotationMatrix2D((head.cx, head.cy), angle, 1.0)
-    img = cv2.warpAffine(
-        img, matrix, (_CANVAS, _CANVAS), flags=cv2.INTER_LINEAR, borderValue=head.background
+    return cv2.warpAffine(
+        img, matrix, (_CANVAS, _CANVAS), flags=cv2.INTER_LINEAR, borderValue=border
     )
+
+
+def _photograph(img: np.ndarray, head: Head, angle: float, rng: np.random.Generator) -> np.ndarray:
+    """Rotate by ``angle``, downsample to 48x48, light, blur and add noise: the canvas as a
+    camera sees it."""
+    img = _rotate(img, head, angle, head.background)
     img = cv2.resize(img, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA)
     # Lighting: a linear gradient in a random direction.
     theta = rng.uniform(0, 2 * np.pi)

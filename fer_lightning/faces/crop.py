@@ -51,16 +51,56 @@ def crop_face(
     landmarks tilted by more than 2 degrees, the square is rotated about the box centre so
     that the eyes come out level.
     """
-    x0, y0, x1, y1 = detection.box
-    side = max(1, round(max(x1 - x0, y1 - y0) * (1 + 2 * margin)))
-    centre_x, centre_y = (x0 + x1) / 2, (y0 + y1) / 2
-    angle = eye_tilt_degrees(detection.landmarks) if align else 0.0
+    centre_x, centre_y, side, angle = _crop_square(detection, margin, align)
     if abs(angle) < MIN_TILT_DEG:
         square = _square(gray, centre_x, centre_y, side)
     else:
         square = _rotated_square(gray, centre_x, centre_y, side, angle)
     interpolation = cv2.INTER_AREA if square.shape[0] >= size else cv2.INTER_LINEAR
     return cv2.resize(square, (size, size), interpolation=interpolation)
+
+
+def _crop_square(
+    detection: Detection, margin: float, align: bool
+) -> tuple[float, float, int, float]:
+    """Centre (x, y), side (pixels) and rotation (degrees) of the square cut for ``detection``."""
+    x0, y0, x1, y1 = detection.box
+    side = max(1, round(max(x1 - x0, y1 - y0) * (1 + 2 * margin)))
+    angle = eye_tilt_degrees(detection.landmarks) if align else 0.0
+    return (x0 + x1) / 2, (y0 + y1) / 2, side, angle
+
+
+def crop_matrix(
+    detection: Detection,
+    margin: float = DEFAULT_MARGIN,
+    align: bool = True,
+    size: int = FACE_SIZE,
+) -> np.ndarray:
+    """The (2, 3) float64 affine matrix taking image pixel coordinates (x, y) to coordinates in
+    the ``size`` x ``size`` crop that :func:`crop_face` cuts for ``detection`` with the same
+    arguments (pixel centres at integers on both sides). ``cv2.warpAffine(crop_map, matrix,
+    (W, H), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)`` lays a map of the crop over the
+    image."""
+    centre_x, centre_y, side, angle = _crop_square(detection, margin, align)
+    if abs(angle) < MIN_TILT_DEG:
+        sx, sy = round(centre_x - side / 2), round(centre_y - side / 2)
+        matrix = np.array([[1.0, 0.0, -sx], [0.0, 1.0, -sy]])
+        square = side
+    else:
+        square = int(min(max(side, FACE_SIZE), MAX_NATIVE_SIDE))
+        matrix = _rotation(centre_x, centre_y, side, angle, square)
+    # Resizing the square to size x size: u = (v + 0.5) * size / square - 0.5.
+    scale = size / square
+    matrix = matrix * scale
+    matrix[:, 2] += 0.5 * scale - 0.5
+    return matrix
+
+
+def _rotation(centre_x: float, centre_y: float, side: int, angle: float, native: int) -> np.ndarray:
+    matrix = cv2.getRotationMatrix2D((centre_x, centre_y), angle, native / side)
+    matrix[0, 2] += native / 2 - centre_x
+    matrix[1, 2] += native / 2 - centre_y
+    return matrix
 
 
 def _square(gray: np.ndarray, centre_x: float, centre_y: float, side: int) -> np.ndarray:
@@ -78,9 +118,7 @@ def _rotated_square(
     # Sampled near native resolution (area-averaged to 48 afterwards): a direct warp to 48x48
     # would alias large faces.
     native = int(min(max(side, FACE_SIZE), MAX_NATIVE_SIDE))
-    matrix = cv2.getRotationMatrix2D((centre_x, centre_y), angle, native / side)
-    matrix[0, 2] += native / 2 - centre_x
-    matrix[1, 2] += native / 2 - centre_y
+    matrix = _rotation(centre_x, centre_y, side, angle, native)
     return cv2.warpAffine(
         gray, matrix, (native, native), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )

@@ -37,6 +37,7 @@ _EXPORTS = {
     "TorchClassifier": "fer_lightning.inference.backends",
     "EmotionRecognizer": "fer_lightning.inference.recognizer",
     "FacePrediction": "fer_lightning.inference.predictions",
+    "FaceExplanation": "fer_lightning.inference.explain",
     "save_face_crops": "fer_lightning.inference.recognizer",
     "RecycledDetector": "fer_lightning.faces.detector_worker",
     "ASTRONAUT_PATH": "fer_lightning.inference.samples",

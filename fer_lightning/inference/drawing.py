@@ -138,3 +138,26 @@ def _draw_bars(
             BAR_COLOUR,
             -1,
         )
+
+
+class ExplainedFace(LabelledFace, Protocol):
+    def image_map(self, name: str | None = ...) -> np.ndarray: ...
+
+
+#: How strongly a map's colour covers the face where the map is 1.
+MAP_OPACITY = 0.6
+
+
+def draw_explanations(
+    image_bgr: np.ndarray, faces: Sequence[ExplainedFace], name: str = "gradcam"
+) -> np.ndarray:
+    """A copy of ``image_bgr`` (H, W, 3) uint8 with each face's map ``name`` (its
+    ``image_map``, (H, W) in [0, 1]) over it in the JET colours (red: looked at most), blended
+    in proportion to the map, then the boxes, labels and scores of :func:`draw_faces`."""
+    canvas = image_bgr.astype(np.float32)
+    for face in faces:
+        values = face.image_map(name)
+        colours = cv2.applyColorMap(np.round(values * 255).astype(np.uint8), cv2.COLORMAP_JET)
+        weight = (MAP_OPACITY * values)[..., None]
+        canvas = canvas * (1 - weight) + colours.astype(np.float32) * weight
+    return draw_faces(np.clip(canvas + 0.5, 0, 255).astype(np.uint8), faces)

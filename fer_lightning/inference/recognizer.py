@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fer_lightning.faces.crop import DEFAULT_MARGIN, crop_faces
+from fer_lightning.faces.crop import DEFAULT_MARGIN, crop_faces, crop_matrix
 from fer_lightning.faces.detector_worker import RecycledDetector
 from fer_lightning.faces.detectors import Detection, FaceDetector, create_detector
 from fer_lightning.faces.images import load_image
@@ -18,7 +18,8 @@ from fer_lightning.inference.backends import (
     OnnxClassifier,
     TorchClassifier,
 )
-from fer_lightning.inference.drawing import draw_faces
+from fer_lightning.inference.drawing import draw_explanations, draw_faces
+from fer_lightning.inference.explain import FaceExplanation, explain_crops
 from fer_lightning.inference.outputs import write_image
 from fer_lightning.inference.predictions import FacePrediction
 from fer_lightning.inference.tables import face_rows, frame_table
@@ -26,7 +27,13 @@ from fer_lightning.inference.video import video_table
 from fer_lightning.models.checkpoints import load_model
 from fer_lightning.models.provenance import ModelProvenance
 
-__all__ = ["EmotionRecognizer", "FacePrediction", "detector_for_recognizer", "save_face_crops"]
+__all__ = [
+    "EmotionRecognizer",
+    "FaceExplanation",
+    "FacePrediction",
+    "detector_for_recognizer",
+    "save_face_crops",
+]
 
 
 def detector_for_recognizer(detector: FaceDetector | str, **options: object) -> FaceDetector:
@@ -200,6 +207,123 @@ class EmotionRecognizer:
             landmarks=detection.landmarks,
         )
 
+    def explain(
+        self,
+        image: object,
+        target: str | int | None = None,
+        *,
+        layer: str | None = None,
+        method: str = "gradcam",
+    ) -> list[FaceExplanation]:
+        """Faces in one image (path, BGR or grayscale array, PIL image) with where the network
+        looked: per face the box, the probabilities and the maps (Grad-CAM of ``target``, a
+        label or class index, by default each face's predicted class; for the Residual Masking
+        Networks also the four masks and their mean), float32 in [0, 1] over the 48x48 crop
+        (``crop_maps``) and aligned with the image (``image_map(name)``, ``maps``). ``layer``
+        and ``method`` choose the class map (see ``explain_crops`` in
+        :mod:`fer_lightning.inference.explain`; by default Grad-CAM at the last stage). Needs
+        a PyTorch model (not ONNX); runs in fp32."""
+        return self.explain_batch([image], target, layer=layer, method=method)[0]
+
+    def explain_batch(
+        self,
+        images: Iterable[object],
+        target: str | int | None = None,
+        *,
+        layer: str | None = None,
+        method: str = "gradcam",
+    ) -> list[list[FaceExplanation]]:
+        """:meth:`explain` for many images, the faces in batches of ``classifier.batch_size``."""
+        bgr_images = [load_image(image) for image in images]
+        detections = [self.detector.detect(image) for image in bgr_images]
+        return self.explain_detected(bgr_images, detections, target, layer=layer, method=method)
+
+    def explain_detected(
+        self,
+        bgr_images: Sequence[np.ndarray],
+        detections: Sequence[list[Detection]],
+        target: str | int | None = None,
+        *,
+        layer: str | None = None,
+        method: str = "gradcam",
+    ) -> list[list[FaceExplanation]]:
+        """:meth:`explain` of faces already found: ``detections[i]`` in ``bgr_images[i]``
+        (H, W, 3) BGR uint8."""
+        classifier = self.classifier
+        if not isinstance(classifier, TorchClassifier):
+            raise ValueError(
+                "explain needs a PyTorch model (a checkpoint or model.pt); "
+                f"{type(classifier).__name__} cannot give gradients or masks."
+            )
+        target_index = self.class_index(target)
+        # Every face of every image through the network in batches, as recognize does.
+        crops = [
+            crop_faces(image, found, self.margin, self.align_faces)
+            for image, found in zip(bgr_images, detections, strict=True)
+        ]
+        all_crops = np.concatenate(crops) if crops else np.zeros((0, 48, 48), np.uint8)
+        probs: list[np.ndarray] = []
+        maps: list[dict[str, np.ndarray]] = []
+        for start in range(0, len(all_crops), classifier.batch_size):
+            batch_probs, batch_maps = explain_crops(
+                classifier.model,
+                all_crops[start : start + classifier.batch_size],
+                classifier.input_size,
+                target_index,
+                classifier.temperature,
+                layer,
+                method,
+            )
+            probs += list(batch_probs)
+            maps += [{k: v[i] for k, v in batch_maps.items()} for i in range(len(batch_probs))]
+        results: list[list[FaceExplanation]] = []
+        face = 0
+        for image, found in zip(bgr_images, detections, strict=True):
+            faces = []
+            for detection in found:
+                faces.append(
+                    self._explanation(detection, probs[face], maps[face], image, target_index)
+                )
+                face += 1
+            results.append(faces)
+        return results
+
+    def class_index(self, target: str | int | None) -> int | None:
+        """The class index of ``target`` (a label, or an index as a number or digits);
+        ``None`` stays ``None``. ``ValueError`` for an unknown label or an index out of range."""
+        if target is None:
+            return None
+        labels = self.classifier.labels
+        if isinstance(target, str) and not target.lstrip("-").isdigit():
+            if target not in labels:
+                raise ValueError(f"Unknown target {target!r}; the labels are {', '.join(labels)}.")
+            return labels.index(target)
+        index = int(target)
+        if not 0 <= index < len(labels):
+            raise ValueError(f"Target class {index} is out of range 0-{len(labels) - 1}.")
+        return index
+
+    def _explanation(
+        self,
+        detection: Detection,
+        probs: np.ndarray,
+        crop_maps: dict[str, np.ndarray],
+        image: np.ndarray,
+        target: int | None,
+    ) -> FaceExplanation:
+        face = self._prediction(detection, probs)
+        labels = self.classifier.labels
+        return FaceExplanation(
+            box=face.box,
+            score=face.score,
+            label=face.label,
+            probs=face.probs,
+            target=face.label if target is None else labels[target],
+            crop_maps=crop_maps,
+            matrix=crop_matrix(detection, self.margin, self.align_faces),
+            image_shape=(int(image.shape[0]), int(image.shape[1])),
+        )
+
     def predict_frame_table(
         self, images: object, names: Sequence[str] | None = None
     ) -> pd.DataFrame:
@@ -237,6 +361,13 @@ class EmotionRecognizer:
     def draw(self, image: object, faces: Sequence[FacePrediction]) -> np.ndarray:
         """A BGR copy of ``image`` with each face's box, label and probability bars."""
         return draw_faces(load_image(image), faces)
+
+    def draw_explanations(
+        self, image: object, faces: Sequence[FaceExplanation], name: str = "gradcam"
+    ) -> np.ndarray:
+        """A BGR copy of ``image`` with each face's map ``name`` over it (JET colours), its
+        box, label and score."""
+        return draw_explanations(load_image(image), faces, name)
 
     def __repr__(self) -> str:
         return (

@@ -5,6 +5,13 @@
   probs); with ``?session=<id>`` (the web page's webcam mode) the faces are tracked across that
   session's frames and also get ``track_id``, ``smoothed_label`` and ``smoothed_probs``
   (:mod:`fer_lightning.serve.sessions`);
+- ``POST /v1/explain``: one image, sent as to ``/v1/predict`` -> its faces as there, each also
+  with ``target`` (the class the Grad-CAM is of: ``?target=<label>``, by default the predicted
+  one), ``maps`` (name -> 48 rows of 48 values in [0, 1] over the face crop: ``gradcam``, and
+  for the masking networks ``mask1`` ... ``mask4`` and ``masks``) and ``crop_matrix`` (the
+  2x3 affine from the file's pixels to the crop's); ``?format=png``: the image with each face's
+  Grad-CAM drawn over it instead (:mod:`fer_lightning.inference.explain`). One explanation runs
+  at a time, beside the batched predictions;
 - ``DELETE /v1/sessions/<id>``: forget a session's tracks (the page sends it when it stops);
 - ``GET /healthz`` (model, device, precision, detector, batching counts), ``GET /v1/labels``;
 - ``GET /``: the web page (``static/index.html``); ``/docs``: the OpenAPI page.
@@ -34,6 +41,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from fastapi import FastAPI, Query, Request, Response
 from fastapi import Path as PathParam
@@ -43,6 +51,7 @@ from pydantic import BaseModel, Field
 
 from fer_lightning.faces.detector_worker import DetectorWorkerError
 from fer_lightning.faces.detectors import FaceDetector
+from fer_lightning.inference.backends import TorchClassifier
 from fer_lightning.inference.recognizer import EmotionRecognizer
 from fer_lightning.serve.batcher import BatcherStoppedError, FaceBatcher
 from fer_lightning.serve.detection import DetectorPool
@@ -195,6 +204,8 @@ class Service:
         self.budget = PixelBudget(max(limits.pixels_in_flight, limits.working_pixels))
         self.drain = DrainNotice()
         self.sessions = TrackSessions()
+        # Explanations take gradients through the model: one at a time.
+        self.explaining = asyncio.Lock()
         self.in_flight = 0  # predict requests being answered (one event loop: no lock needed)
         self._decoded_since_trim = 0
         classifier = recognizer.classifier
@@ -347,6 +358,69 @@ class Service:
             "faces": [{**face.to_dict(), "box": decoded.to_file_box(face.box)} for face in faces],
         }
 
+    async def explain(
+        self, request: Request, target: str | None, as_png: bool
+    ) -> dict[str, Any] | Response:
+        """Where the network looked in one image (JSON maps, or a PNG overlay)."""
+        if self.in_flight >= self.limits.max_requests:
+            raise UploadError(
+                503, f"The server is busy ({self.limits.max_requests} requests at once); try again."
+            )
+        self.in_flight += 1
+        try:
+            return await self.drain.run(self._explain(request, target, as_png))
+        finally:
+            self.in_flight -= 1
+
+    async def _explain(
+        self, request: Request, target: str | None, as_png: bool
+    ) -> dict[str, Any] | Response:
+        recognizer = self.recognizer
+        if not isinstance(recognizer.classifier, TorchClassifier):
+            raise UploadError(501, "This server runs an ONNX model: explanations need PyTorch.")
+        try:
+            recognizer.class_index(target)
+        except ValueError as error:
+            raise UploadError(422, str(error)) from None
+        content_type = request.headers.get("content-type")
+        check_content_type(content_type)
+        body = await self._read_body(request)
+        decoded = await self._decode_off_loop(content_type, body)
+        del body
+        try:
+            try:
+                detections = await self.pool.detect(decoded.image)
+            except DetectorWorkerError as error:
+                raise UploadError(503, f"{error} Try again.") from None
+            async with self.explaining:
+                (faces,) = await asyncio.to_thread(
+                    recognizer.explain_detected, [decoded.image], [detections], target
+                )
+            if as_png:
+                overlay = await asyncio.to_thread(
+                    recognizer.draw_explanations, decoded.image, faces
+                )
+                _ok, png = cv2.imencode(".png", overlay)
+                return Response(content=png.tobytes(), media_type="image/png")
+        finally:
+            decoded.release()
+        sx, sy = decoded.scale
+        return {
+            "width": decoded.width,
+            "height": decoded.height,
+            "faces": [
+                {
+                    **face.to_dict(),
+                    "box": decoded.to_file_box(face.box),
+                    # The crop's matrix took the working image's pixels; these are the file's.
+                    "crop_matrix": np.round(
+                        face.matrix * np.array([1 / sx, 1 / sy, 1.0]), 6
+                    ).tolist(),
+                }
+                for face in faces
+            ],
+        }
+
 
 def add_error_handlers(app: FastAPI) -> None:
     """Every error as a short JSON ``{"detail": message}`` with its status."""
@@ -421,6 +495,29 @@ def add_routes(app: FastAPI, service: Service) -> None:
         ``session``, each face also gets its ``track_id`` and smoothed probabilities, kept
         across the frames sent with the same session id."""
         return await service.predict(request, response, session)
+
+    @app.post(
+        "/v1/explain",
+        response_model=None,
+        responses={
+            **PREDICT_ERRORS,
+            200: {"content": {"image/png": {}}, "description": "JSON maps, or a PNG overlay"},
+            501: {"model": ErrorMessage, "description": "the server runs an ONNX model"},
+        },
+        openapi_extra=PREDICT_BODY,
+    )
+    async def explain(
+        request: Request,
+        format: str = Query(default="json", pattern="^(json|png)$"),
+        target: str | None = Query(
+            default=None, max_length=64, description="the class to explain (default: predicted)"
+        ),
+    ) -> dict[str, Any] | Response:
+        """Where the network looked, per face: the faces as ``/v1/predict`` gives them, each
+        with its maps over the 48x48 face crop (values in [0, 1]) and the affine matrix from
+        the file's pixels to the crop's; ``format=png``: the image with the Grad-CAM of each
+        face drawn over it, its box, label and score."""
+        return await service.explain(request, target, format == "png")
 
     @app.delete(
         "/v1/sessions/{session}",

@@ -65,7 +65,8 @@ def test_inference_notebook_runs(tmp_path, monkeypatch):
         for out in cell.get("outputs", [])
         if "image/png" in out.get("data", {})
     ]
-    assert len(images) == 4  # annotated photos, probability bars, synthetic faces, crops
+    # Annotated photos, probability bars, synthetic faces, crops, where the network looked.
+    assert len(images) == 5
 
 
 def save_demo_checkpoint(run: Path, synthetic: bool) -> Path:

@@ -196,3 +196,76 @@ def test_the_webcam_keeps_face_ids_across_frames_and_ends_its_session(tmp_path, 
         WebDriverWait(driver, 30).until(
             lambda _: httpx.get(f"{url}/healthz", timeout=30).json()["track_sessions"] == 0
         )
+
+
+COLOURED_JS = """
+const view = document.getElementById('view');
+const data = view.getContext('2d').getImageData(0, 0, view.width, view.height).data;
+let coloured = 0;
+for (let i = 0; i < data.length; i += 4) {
+  const spread = Math.max(data[i], data[i + 1], data[i + 2])
+    - Math.min(data[i], data[i + 1], data[i + 2]);
+  if (spread > 40) coloured += 1;
+}
+return coloured;
+"""
+
+
+def test_the_toggle_draws_where_the_network_looked_over_the_face(tmp_path, monkeypatch):
+    """A gray synthetic face (detector none: the whole image is the face) sent with the toggle
+    on: the page asks /v1/explain and paints the map's colours over the face, its peak inside
+    the face's box; toggled off, the same photo comes back gray but for the box and bars."""
+    import cv2
+    import numpy as np
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from fer_lightning.data.synthetic import draw_face
+
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    photo = tmp_path / "face.png"
+    cv2.imwrite(str(photo), cv2.resize(draw_face(3, np.random.default_rng(0)), (400, 300)))
+    with (
+        chromium(tmp_path / "profile") as driver,
+        small_app_server(tmp_path) as (_, port),
+    ):
+        driver.get(f"http://127.0.0.1:{port}/")
+        result = driver.find_element(By.ID, "result")
+        canvas = driver.find_element(By.ID, "view")
+        toggle = driver.find_element(By.ID, "explain")
+
+        def answered(state: str) -> None:
+            WebDriverWait(driver, ANSWER_TIMEOUT_S).until(
+                lambda _: result.get_attribute("data-state") == state
+            )
+
+        toggle.click()
+        driver.find_element(By.ID, "photo").send_keys(str(photo))
+        answered("done")
+        body = json.loads(result.text)
+        (face,) = body["faces"]
+        assert len(face["maps"]["gradcam"]) == 48
+        (drawn,) = json.loads(canvas.get_attribute("data-maps"))
+        # The page laid the map's peak where the crop's matrix says it is in the image.
+        values = np.array(face["maps"]["gradcam"])
+        v, u = np.unravel_index(np.argmax(values), values.shape)
+        matrix = np.array(face["crop_matrix"])
+        expected = np.linalg.solve(matrix[:, :2], np.array([u, v]) - matrix[:, 2])
+        np.testing.assert_allclose(drawn["peak"], expected, atol=1e-3)
+        # Nearest the peak inside the photo, the map's colours are drawn over the gray face.
+        x = int(np.clip(round(expected[0]), 0, 399))
+        y = int(np.clip(round(expected[1]), 0, 299))
+        r, g, b = driver.execute_script(PIXEL_JS, x, y)
+        assert max(r, g, b) - min(r, g, b) > 40, (x, y, r, g, b)
+        with_map = driver.execute_script(COLOURED_JS)
+        driver.save_screenshot(str(tmp_path / "serve_explain.png"))
+        ARTIFACT_DIR.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tmp_path / "serve_explain.png", ARTIFACT_DIR / "serve_explain.png")
+
+        driver.execute_script("document.getElementById('result').dataset.state = 'waiting';")
+        toggle.click()  # off: the same photo again, through /v1/predict
+        answered("done")
+        assert "maps" not in json.loads(result.text)["faces"][0]
+        assert json.loads(canvas.get_attribute("data-maps")) == []
+        without_map = driver.execute_script(COLOURED_JS)
+        assert with_map > without_map + 0.2 * 400 * 300, (with_map, without_map)

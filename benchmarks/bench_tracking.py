@@ -39,7 +39,6 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import cv2
 import numpy as np
 import torch
 from run_info import Run, add_options
@@ -49,15 +48,6 @@ from fer_lightning.inference.samples import PeopleClip, people_clip
 from fer_lightning.inference.tracking import IouTracker, iou_matrix
 
 MATCH_IOU = 0.5
-
-
-def write_clip(clip: PeopleClip, path: Path) -> Path:
-    height, width = clip.frames.shape[1:3]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), clip.fps, (width, height))
-    for frame in clip.frames:
-        writer.write(frame)
-    writer.release()
-    return path
 
 
 def small_checkpoint(path: Path) -> Path:
@@ -217,7 +207,7 @@ def main() -> None:
     clip = people_clip()
     with tempfile.TemporaryDirectory(prefix="bench-tracking-") as tmp:
         folder = Path(tmp)
-        video = write_clip(clip, folder / "people.avi")
+        video = clip.write(folder / "people.avi")
         ckpt = args.ckpt or small_checkpoint(folder / "small.ckpt")
 
         detector = detector_for_recognizer(args.detector)
@@ -237,7 +227,7 @@ def main() -> None:
 
         recognizer = EmotionRecognizer.from_checkpoint(ckpt, "cpu", detector)
         noisy = people_clip(noise=args.noise)
-        noisy_video = write_clip(noisy, folder / "people-noisy.avi")
+        noisy_video = noisy.write(folder / "people-noisy.avi")
         flickers = {s: flicker(noisy, noisy_video, recognizer, s) for s in (0.7, 5)}
         for smoothing, figures in flickers.items():
             print(

@@ -43,6 +43,16 @@ class PeopleClip:
     person_ids: list[dict[int, int]]
     fps: float
 
+    def write(self, path: Path) -> Path:
+        """The frames as a Motion-JPEG video at ``path`` (an .avi every OpenCV build writes)."""
+        height, width = self.frames.shape[1:3]
+        codec = cv2.VideoWriter_fourcc(*"MJPG")
+        writer = cv2.VideoWriter(str(path), codec, self.fps, (width, height))
+        for frame in self.frames:
+            writer.write(frame)
+        writer.release()
+        return path
+
 
 def people_clip(
     frames: int = 150,

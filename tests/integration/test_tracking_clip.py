@@ -4,7 +4,6 @@ states for every analysed frame and every third hold (IDF1 at least 0.99, no ID 
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 
@@ -20,13 +19,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def clip_and_video(tmp_path_factory):
     clip = people_clip()
-    path = tmp_path_factory.mktemp("people") / "people.avi"
-    height, width = clip.frames.shape[1:3]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), clip.fps, (width, height))
-    for frame in clip.frames:
-        writer.write(frame)
-    writer.release()
-    return clip, path
+    return clip, clip.write(tmp_path_factory.mktemp("people") / "people.avi")
 
 
 @pytest.mark.parametrize("every_n_frames", [1, 3])

@@ -5,7 +5,6 @@ predictions table's track columns, tracks.csv's table and the per-person figure.
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -79,13 +78,7 @@ def clip():
 
 @pytest.fixture(scope="module")
 def clip_video(clip, tmp_path_factory):
-    path = tmp_path_factory.mktemp("people") / "people.avi"
-    height, width = clip.frames.shape[1:3]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), clip.fps, (width, height))
-    for frame in clip.frames:
-        writer.write(frame)
-    writer.release()
-    return path
+    return clip.write(tmp_path_factory.mktemp("people") / "people.avi")
 
 
 def person_of(clip, row) -> int:

@@ -262,7 +262,12 @@ class PredictionFiles:
     """predictions.jsonl and predictions.csv, written under temporary names and renamed into
     place at the end (also after Ctrl-C); after a write error the earlier files stay."""
 
-    def __init__(self, output_dir: Path, labels: tuple[str, ...]) -> None:
+    def __init__(
+        self, output_dir: Path, labels: tuple[str, ...], temperature: float | None = None
+    ) -> None:
+        # Every face's line says whether its probabilities are softmax(logits / temperature)
+        # (the fitted temperature applied) or the raw softmax (null).
+        self.temperature = temperature
         self.targets = (output_dir / PREDICTIONS_JSONL, output_dir / PREDICTIONS_CSV)
         self.partials = tuple(partial_path(path) for path in self.targets)
         self._current = self.targets[0]
@@ -285,7 +290,10 @@ class PredictionFiles:
         try:
             self._current = self.targets[0]
             for row in rows:
-                self.jsonl.write(json.dumps(_json_line(row)) + "\n")
+                line = _json_line(row)
+                if line["probs"] is not None:
+                    line["temperature"] = self.temperature
+                self.jsonl.write(json.dumps(line) + "\n")
             self._current = self.targets[1]
             self.table.write([{k: v for k, v in row.items() if k != EXPLAIN_KEY} for row in rows])
         except OSError as error:
@@ -451,7 +459,8 @@ def run(
     interrupted = False
     people: list[pd.DataFrame] = []  # tracks.csv's rows, per video
     try:
-        with PredictionFiles(where.output_dir, recognizer.labels) as files:
+        temperature = recognizer.classifier.temperature  # None: not applied
+        with PredictionFiles(where.output_dir, recognizer.labels, temperature) as files:
             run_images(config, recognizer, images, where, files, summary)
             for video in videos:
                 timeline = names.claim(video.name + TIMELINE_SUFFIX)

@@ -119,6 +119,37 @@ def test_images_give_a_csv_the_jsonl_and_the_dataframe_api_agree_with(
     assert len(one) == 1 and one["source"][0] == str(tmp_path / "in" / "face.jpg")
 
 
+@pytest.mark.slow
+def test_every_face_line_says_whether_its_probabilities_are_calibrated(tmp_path, capsys):
+    """A model with a fitted temperature: each face's line in predictions.jsonl carries it
+    (``temperature``) and its probabilities are divided by it; ``calibrate=false`` writes the raw
+    softmax and ``temperature: null``. The label never changes."""
+    import torch
+
+    from fer_lightning.cli.train import save_published_format
+    from fer_lightning.models import create_model
+    from fer_lightning.models.calibration import Calibration
+
+    torch.manual_seed(0)
+    net = create_model("resnet18")
+    net.arch, net.calibration = "resnet18", Calibration(temperature=2.5, fitted_on=420)
+    model = save_published_format(net, tmp_path, SMALL_INPUT, None, None)
+    names = write_photos(tmp_path / "in")
+    lines = {}
+    for option in ("calibrate=true", "calibrate=false"):
+        out = tmp_path / option.replace("=", "_")
+        code = predict_run(model, tmp_path / "in", out, option, f"input_size={SMALL_INPUT}")
+        assert code == 0, capsys.readouterr().err
+        lines[option] = jsonl(out / "predictions.jsonl")
+    on, off = lines["calibrate=true"], lines["calibrate=false"]
+    assert len(on) == len(off) == len(names)
+    assert {line["temperature"] for line in on} == {2.5}
+    assert {line["temperature"] for line in off} == {None}
+    for calibrated, raw in zip(on, off, strict=True):
+        assert calibrated["label"] == raw["label"]
+        assert max(calibrated["probs"].values()) < max(raw["probs"].values())
+
+
 # -- videos ------------------------------------------------------------------------------------
 
 

@@ -5,7 +5,8 @@ of connection limits, shutdown and memory without loading a checkpoint or a dete
 Keys: ``header_timeout_s``, ``keep_alive_s``, ``max_connections`` (:class:`ConnectionLimits`),
 ``shutdown_timeout_s``, ``body_timeout_s``, ``max_pixels``, ``max_body_mb``,
 ``working_pixels``, ``pixels_in_flight`` (:class:`Limits`), ``synthetic`` (1: the model says it
-was trained on synthetic faces), ``detector`` (a detector's name instead of none).
+was trained on synthetic faces), ``temperature`` (the model carries this fitted temperature,
+from 420 validation faces), ``detector`` (a detector's name instead of none).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from fer_lightning.inference import EmotionRecognizer, TorchClassifier
 from fer_lightning.models import create_model
+from fer_lightning.models.calibration import Calibration
 from fer_lightning.models.provenance import TRAINED_HERE, ModelProvenance
 from fer_lightning.serve import Limits, create_app
 from fer_lightning.serve.server import ConnectionLimits, run_server
@@ -27,9 +29,13 @@ CONNECTION_KEYS = ("header_timeout_s", "keep_alive_s", "max_connections")
 LIMIT_KEYS = ("body_timeout_s", "max_pixels", "working_pixels", "pixels_in_flight")
 
 
-def small_recognizer(synthetic: bool = False, detector: str = "none") -> EmotionRecognizer:
+def small_recognizer(
+    synthetic: bool = False, detector: str = "none", temperature: float | None = None
+) -> EmotionRecognizer:
     torch.manual_seed(0)
     net = create_model(SMALL_ARCH)
+    if temperature is not None:
+        net.calibration = Calibration(temperature=temperature, fitted_on=420)
     if synthetic:
         net.provenance = ModelProvenance(
             SMALL_ARCH, TRAINED_HERE, {"dataset": "synthetic", "synthetic": True}, "demo/model.pt"
@@ -57,7 +63,9 @@ def main(argv: list[str]) -> None:
             if key in number
         },
     )
-    app = create_app(small_recognizer(bool(number.get("synthetic", 0)), detector), limits)
+    temperature = number.pop("temperature", None)
+    recognizer = small_recognizer(bool(number.get("synthetic", 0)), detector, temperature)
+    app = create_app(recognizer, limits)
     logging.basicConfig(level=logging.INFO)
     started = run_server(
         app,

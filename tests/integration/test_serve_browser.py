@@ -89,6 +89,9 @@ def test_the_page_draws_the_face_and_label_of_an_uploaded_photo(tmp_path, monkey
         banner = driver.find_element(By.ID, "model-warning")
         WebDriverWait(driver, 30).until(lambda _: banner.get_attribute("data-checked") == "true")
         assert not banner.is_displayed()  # a model not trained on synthetic faces: no banner
+        calibration = driver.find_element(By.ID, "calibration")
+        assert calibration.get_attribute("data-applied") == "false"
+        assert "no fitted temperature" in calibration.text
         driver.find_element(By.ID, "photo").send_keys(str(ASTRONAUT_PATH))
         result = driver.find_element(By.ID, "result")
         WebDriverWait(driver, ANSWER_TIMEOUT_S).until(
@@ -122,14 +125,14 @@ def test_the_page_warns_above_everything_when_the_model_learned_from_synthetic_f
     tmp_path, monkeypatch
 ):
     """A model trained on the project's synthetic demo faces: the page shows /healthz's
-    warning in a banner before any photo is sent."""
+    warning in a banner before any photo is sent, and says that its scores are calibrated."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     monkeypatch.setenv("SE_OFFLINE", "true")
     with (
         chromium(tmp_path / "profile") as driver,
-        small_app_server(tmp_path, synthetic=1) as (_, port),
+        small_app_server(tmp_path, synthetic=1, temperature=1.75) as (_, port),
     ):
         url = f"http://127.0.0.1:{port}"
         warning = httpx.get(f"{url}/healthz", timeout=30).json()["warning"]
@@ -139,6 +142,10 @@ def test_the_page_warns_above_everything_when_the_model_learned_from_synthetic_f
         WebDriverWait(driver, 30).until(lambda _: banner.get_attribute("data-checked") == "true")
         assert banner.is_displayed()
         assert banner.text == warning
+        # What a score means, from /healthz: this model's temperature is applied.
+        calibration = driver.find_element(By.ID, "calibration")
+        assert calibration.get_attribute("data-applied") == "true"
+        assert "calibrated: temperature 1.750, fitted on 420 validation faces" in calibration.text
 
 
 def test_the_webcam_keeps_face_ids_across_frames_and_ends_its_session(tmp_path, monkeypatch):

@@ -1,6 +1,6 @@
 """One 3x3 convolution's forward + backward: oneDNN against the project's CPU paths.
 
-    python benchmarks/bench_convs.py [--repeats 4] [--only 224|64] [--json PATH]
+    python benchmarks/bench_convs.py [--repeats 4] [--only 224|64] [--json PATH] [--peak-size N]
 
 For the Residual Masking Network's 3x3 convolutions at 224 px (batch 8: 7x7 to 56x56 maps) and
 at 64 px (batch 32: 1x1 to 16x16 maps), the median time of forward + backward through: PyTorch's
@@ -9,6 +9,11 @@ centre tap alone (1x1 maps), Winograd F(2x2, 3x3) and F(4x4, 3x3)
 (:func:`~fer_lightning.models.winograd.winograd_conv3x3`, maps of 4x4 and more), and
 :class:`~fer_lightning.models.cpu_convs.CPUConv2d`, which picks one of these (what the project
 trains with). The reference of each row is oneDNN in the same process.
+
+Each way's model TFLOP/s (the direct convolution's FLOPs, forward + backward, over its time)
+is printed as its share of the CPU's fp32 dense matmul peak measured at the start. They are the
+FLOPs the model counts (``fer_lightning.models.zoo``), not those the way executes: Winograd and
+the centre tap do fewer, so their share can pass 100%.
 """
 
 from __future__ import annotations
@@ -56,6 +61,12 @@ def median_ms(step: Callable[[], None], repeats: int) -> float:
     return 1000 * sorted(times)[len(times) // 2]
 
 
+def direct_flops(n: int, c: int, side: int, o: int) -> float:
+    """FLOPs of the direct 3x3 convolution's forward + backward (3 products, 2 per multiply-add),
+    as the model's FLOP count has them."""
+    return 3 * 2 * n * c * o * 9 * side * side
+
+
 def measure(n: int, c: int, side: int, o: int, repeats: int) -> dict:
     """Milliseconds per forward + backward of each way, for one (N, C, side, side) -> O."""
     torch.manual_seed(0)
@@ -93,7 +104,7 @@ def measure(n: int, c: int, side: int, o: int, repeats: int) -> dict:
     ways["CPUConv2d"] = project
     row = {
         "shape": f"{n}x{c}x{side}x{side} -> {o}",
-        "gflop_direct": round(3 * 2 * n * c * o * 9 * side * side / 1e9, 2),
+        "gflop_direct": round(direct_flops(n, c, side, o) / 1e9, 2),
     }
     for name, step in ways.items():
         row[name] = round(median_ms(step, repeats), 1)
@@ -106,19 +117,36 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(SHAPES), help="only this input size's shapes")
     add_options(parser, bf16=False)
     args = parser.parse_args()
-    run = Run("bench_convs", "ms per forward + backward")
+    run = Run("bench_convs", "ms per forward + backward", peak_size=args.peak_size)
     rows = []
     shapes = SHAPES[args.only] if args.only else [s for group in SHAPES.values() for s in group]
     for shape in shapes:
         row = measure(*shape, args.repeats)
         rows.append(row)
-        run.set_reference(f"{row['shape']}: oneDNN", row["oneDNN"])
+        flops = direct_flops(*shape)
+        shares = {}
         for name, value in row.items():
-            if name not in ("shape", "gflop_direct", "oneDNN"):
-                run.add(f"{row['shape']}: {name}", value)
-                # Times: smaller is better, so the ratio is the reference's time over this one.
-                run.settings[-1]["ratio"] = row["oneDNN"] / value
+            if name in ("shape", "gflop_direct"):
+                continue
+            # The FLOPs of one forward + backward per its time (ms): model FLOPs per second.
+            figures = {"flops_per_second": flops / (value / 1000), "precision": "fp32"}
+            if name == "oneDNN":
+                run.set_reference(f"{row['shape']}: oneDNN", value, **figures)
+                shares[name] = run.reference
+                continue
+            setting = run.add(f"{row['shape']}: {name}", value, **figures)
+            # Times: smaller is better, so the ratio is the reference's time over this one.
+            setting["ratio"] = row["oneDNN"] / value
+            shares[name] = setting
         print("  ".join(f"{k} {v}" for k, v in row.items()), flush=True)
+        print(
+            "    TFLOP/s (share of the fp32 peak): "
+            + ", ".join(
+                f"{name} {s['model_tflops']:.3f} ({100 * s['peak_share']:.0f}%)"
+                for name, s in shares.items()
+            ),
+            flush=True,
+        )
     run.write_json(args.json, rows=rows, repeats=args.repeats)
 
 

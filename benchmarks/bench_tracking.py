@@ -1,7 +1,8 @@
 """People in a video: how well faces are tracked, how much smoothing steadies labels, and what
 tracking costs fer-predict.
 
-    python benchmarks/bench_tracking.py [--repeats 3] [--ckpt PATH] [--detector yunet] [--json PATH]
+    python benchmarks/bench_tracking.py [--repeats 3] [--ckpt PATH] [--detector yunet]
+        [--json PATH] [--peak-size N]
 
 All on the synthetic people clip (``fer_lightning.inference.samples.people_clip``: 150 frames
 of 640x360 at 25 fps; three astronaut copies; 1 and 2 cross, 1 hidden behind 2 for 18
@@ -23,7 +24,10 @@ the real face detector:
   ``track=false`` (the reference) and ``track=true``, interleaved ``--repeats`` times, median
   frames/s of each and the ratio; and the share of each ``track=true`` run's time spent in the
   tracker and smoother (timed inside the run, so the machine's load hits both sides alike), and
-  their time per frame alone.
+  their time per frame alone. Each setting's network FLOPs per second (faces per frame x the
+  network's forward FLOPs per face x frames/s) are printed as a share of the CPU's dense matmul
+  peak of the recogniser's precision, measured at the start: the share of the whole run's time
+  that is the network at that peak (the detector's FLOPs, decoding and writing are not counted).
 """
 
 from __future__ import annotations
@@ -36,12 +40,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import numpy as np
 import torch
-from run_info import Run, add_options
+from run_info import Run, add_options, model_flops_per_image
 
 from fer_lightning.inference.people import TrackingOptions
 from fer_lightning.inference.samples import PeopleClip, people_clip
@@ -168,8 +173,9 @@ class TrackerTimer:
         FaceTracks.update = self.original
 
 
-def predict_seconds(folder: Path, overrides: list[str]) -> tuple[float, int]:
-    """Wall time of fer-predict's run on the clip (recogniser built beforehand), frames read."""
+def predict_seconds(folder: Path, overrides: list[str]) -> tuple[float, Any, Any]:
+    """Wall time of fer-predict's run on the clip (recogniser built beforehand), its summary
+    (frames, faces) and the recogniser's classifier."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -189,7 +195,19 @@ def predict_seconds(folder: Path, overrides: list[str]) -> tuple[float, int]:
     seconds = time.perf_counter() - started
     if status != 0:
         raise RuntimeError(f"fer-predict run failed ({status}): {summary.line()}")
-    return seconds, summary.frames
+    return seconds, summary, recognizer.classifier
+
+
+def network_flops(classifier: Any) -> tuple[float | None, str | None, str]:
+    """(forward FLOPs per face, precision, what they are) of a PyTorch classifier; (None, None,
+    why) for one whose FLOPs are not counted (an ONNX model)."""
+    arch = getattr(getattr(classifier, "model", None), "arch", None)
+    precision = getattr(classifier, "precision", None)
+    if arch is None or precision is None:
+        return None, None, f"{type(classifier).__name__}: network FLOPs not counted"
+    size = classifier.input_size
+    flops = model_flops_per_image(arch, size)
+    return flops, precision, f"{arch} at {size} px, {precision}, {flops / 1e9:.3f} GFLOPs/face"
 
 
 def main() -> None:
@@ -200,7 +218,7 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=6.0, help="for the flicker clip")
     add_options(parser, bf16=False)
     args = parser.parse_args()
-    run = Run("bench_tracking", "frames/s")
+    run = Run("bench_tracking", "frames/s", peak_size=args.peak_size)
 
     from fer_lightning.inference.recognizer import EmotionRecognizer, detector_for_recognizer
 
@@ -239,26 +257,41 @@ def main() -> None:
         common += ["device=cpu"]
         rates: dict[str, list[float]] = {"track=false": [], "track=true": []}
         shares: list[float] = []  # of each track=true run's time, in the tracker and smoother
-        predict_seconds(folder, [*common, f"output_dir={folder / 'warm-up'}"])  # not counted
+        warm_up = predict_seconds(folder, [*common, f"output_dir={folder / 'warm-up'}"])
+        _, summary, classifier = warm_up  # the time is not counted
+        flops_per_face, precision, network = network_flops(classifier)
+        faces_per_frame = summary.faces / summary.frames
+        print(f"network: {network}; {faces_per_frame:.2f} faces per frame", flush=True)
         for repeat in range(args.repeats):
             for number, setting in enumerate(rates):
                 out = folder / f"out-{number}-{repeat}"
                 with TrackerTimer() as timer:
-                    seconds, frames = predict_seconds(
+                    seconds, summary, _ = predict_seconds(
                         folder, [*common, setting, f"output_dir={out}"]
                     )
+                frames = summary.frames
                 rates[setting].append(frames / seconds)
                 if setting == "track=true":
                     shares.append(timer.seconds / seconds)
                 print(f"  {setting}: {frames / seconds:.2f} frames/s", flush=True)
         median = {k: statistics.median(v) for k, v in rates.items()}
-        run.set_reference("fer-predict track=false", round(median["track=false"], 2))
-        run.add("fer-predict track=true", round(median["track=true"], 2))
+        flops = {}
+        if flops_per_face is not None:  # the network's FLOPs of one frame's faces
+            flops = {"flops_per_item": faces_per_frame * flops_per_face, "precision": precision}
+        run.set_reference("fer-predict track=false", round(median["track=false"], 2), **flops)
+        tracked = run.add("fer-predict track=true", round(median["track=true"], 2), **flops)
         ratio = median["track=true"] / median["track=false"]
         print(
             f"fer-predict on the clip (median of {args.repeats}): {median['track=false']:.2f} "
             f"frames/s without tracking, {median['track=true']:.2f} with (ratio {ratio:.3f})"
         )
+        if flops:
+            print(
+                f"network FLOPs: track=false {run.share_text(run.reference)}; "
+                f"track=true {run.share_text(tracked)}"
+            )
+        else:
+            print(f"network FLOPs: not counted ({network})")
         cost = tracker_microseconds(boxes, recognizer.labels)
         share = statistics.median(shares)
         print(
@@ -273,6 +306,8 @@ def main() -> None:
             frames_per_second=rates,
             tracking_us_per_frame=cost,
             tracking_share_of_run=shares,
+            network=network,
+            faces_per_frame=faces_per_frame,
         )
     return None
 

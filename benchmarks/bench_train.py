@@ -1,7 +1,7 @@
 """Training-step throughput of an architecture: Lightning settings against a plain fp32 loop.
 
     python benchmarks/bench_train.py [--arch resmasking_dropout1] [--sizes 224:8,64:32]
-        [--steps 3] [--json PATH] [--include-emulated-bf16]
+        [--steps 3] [--json PATH] [--peak-size 4096] [--include-emulated-bf16]
 
 For each input size (and its batch), every configuration trains the same network from the same
 initial weights on the same random batches in this one process; the figure that matters is each
@@ -12,6 +12,9 @@ state of step 100), as it is for all but the first five steps of a run; the firs
 configuration is warm-up and not timed. The loss after the timed steps is printed beside each
 configuration: fp32 settings must match the reference's to a few decimals. The bf16 settings
 run only where the CPU has native bf16 (else skipped; ``--include-emulated-bf16`` runs them).
+Each configuration's model FLOPs per second (3x the forward FLOPs of an image, x images/s) are
+printed as its share of the CPU's dense matmul peak measured at the start (bf16-mixed against
+the bf16 peak, 32-true and the plain loop against the fp32 peak).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
-from run_info import Run, add_options
+from run_info import Run, add_options, model_flops_per_image
 from torch.utils.data import DataLoader, Dataset
 
 from fer_lightning.cli.config import CONFIG_DIR
@@ -167,7 +170,7 @@ def main() -> None:
     )
     add_options(parser)
     args = parser.parse_args()
-    run = Run("bench_train", "images/s", args.include_emulated_bf16)
+    run = Run("bench_train", "images/s", args.include_emulated_bf16, args.peak_size)
     print(
         f"{args.arch}, {args.steps} timed steps, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads"
@@ -176,12 +179,18 @@ def main() -> None:
     references = []
     for size, batch in parse_sizes(args.sizes):
         data = RandomBatches(args.steps + args.warmup, batch, size)
+        flops = model_flops_per_image(args.arch, size, training=True)
         speed, loss = plain_fp32_loop(args.arch, data, args.warmup)
         name = f"{size} px, batch {batch}: plain PyTorch loop, fp32"
-        run.set_reference(name, speed, size=size, batch=batch, loss=loss)
+        run.set_reference(
+            name, speed, flops_per_item=flops, precision="fp32", size=size, batch=batch, loss=loss
+        )
         references.append(run.reference)
-        rows.append({"name": name, "value": speed, "ratio": 1.0, "loss": loss})
-        print(f"{name}: {speed:.2f} images/s, first loss {loss:.6f}", flush=True)
+        rows.append({**run.reference, "ratio": 1.0})
+        print(
+            f"{name}: {speed:.2f} images/s, first loss {loss:.6f}; {run.share_text(run.reference)}",
+            flush=True,
+        )
         for label, (precision, settings) in CONFIGURATIONS.items():
             if args.only and label not in args.only:
                 continue
@@ -191,18 +200,31 @@ def main() -> None:
                     continue
             name = f"{size} px, batch {batch}: {label}"
             speed, loss = lightning_loop(args.arch, data, args.warmup, precision, **settings)
-            run.add(name, speed, size=size, batch=batch, loss=loss)
-            rows.append(run.settings[-1])
+            setting = run.add(
+                name,
+                speed,
+                flops_per_item=flops,
+                precision=precision,
+                size=size,
+                batch=batch,
+                loss=loss,
+            )
+            rows.append(setting)
             print(
-                f"{name}: {speed:.2f} images/s, {run.settings[-1]['ratio']:.2f}x, "
-                f"first loss {loss:.6f}",
+                f"{name}: {speed:.2f} images/s, {setting['ratio']:.2f}x, "
+                f"first loss {loss:.6f}; {run.share_text(setting)}",
                 flush=True,
             )
     width = max(len(row["name"]) for row in rows) + 2
-    print(f"\n{'configuration':<{width}}{'images/s':>10}{'vs plain fp32':>15}{'first loss':>12}")
+    print(
+        f"\n{'configuration':<{width}}{'images/s':>10}{'vs plain fp32':>15}{'first loss':>12}"
+        f"{'TFLOP/s':>9}{'of peak':>14}"
+    )
     for row in rows:
+        share = f"{100 * row['peak_share']:.1f}% {row['peak']}" if row["peak_share"] else "-"
         print(
             f"{row['name']:<{width}}{row['value']:>10.2f}{row['ratio']:>14.2f}x{row['loss']:>12.6f}"
+            f"{row['model_tflops']:>9.3f}{share:>14}"
         )
     for note in run.skipped:
         print(f"skipped {note}")

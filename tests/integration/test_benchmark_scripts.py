@@ -1,9 +1,11 @@
 """The benchmark scripts run as commands: the GPU benchmark's --dry-run covers every setting
-on the CPU, and every script's --help mentions --json."""
+on the CPU, every script's --help mentions --json, and the CPU benchmarks record the dense
+matmul peak with each setting's share of it (bench_data: the workers its loader needs)."""
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -57,3 +59,57 @@ def test_benchmark_help_mentions_json(command):
     )
     assert result.returncode == 0, result.stderr
     assert "--json PATH" in result.stdout
+
+
+def run_benchmark(tmp_path, script: str, *args: str) -> tuple[dict, str]:
+    out = tmp_path / f"{script}.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args, "--peak-size", "512", "--json", str(out)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(out.read_text()), result.stdout
+
+
+@pytest.mark.slow
+def test_train_benchmark_records_each_settings_share_of_the_peak(tmp_path):
+    from fer_lightning.models.zoo import describe
+
+    record, stdout = run_benchmark(
+        tmp_path,
+        "bench_train.py",
+        *("--arch", "resnet18", "--sizes", "32:4", "--steps", "1"),
+        *("--only", "Lightning 32-true, project defaults"),
+    )
+    peak = record["peak_tflops"]
+    assert peak["fp32"] > 0 and record["peak_matmul"]["size"] == 512
+    assert "dense matmul peak (torch.mm 512x512" in stdout
+    flops = 3 * describe("resnet18", 32)["gflops"] * 1e9  # a training step: 3 forwards
+    for setting in (record["reference"], *record["settings"]):
+        assert setting["flops_per_item"] == pytest.approx(flops)
+        tflops = setting["value"] * flops / 1e12
+        assert setting["model_tflops"] == pytest.approx(tflops)
+        assert setting["peak"] == "fp32"
+        assert setting["peak_share"] == pytest.approx(tflops / peak["fp32"])
+    assert "% of the fp32 peak" in stdout
+
+
+@pytest.mark.slow
+def test_data_benchmark_states_the_workers_a_target_rate_needs(tmp_path):
+    record, stdout = run_benchmark(
+        tmp_path,
+        "bench_data.py",
+        *("--rows", "600", "--loader-samples", "96", "--worker-samples", "480"),
+        *("--batch-size", "48", "--target", "50000"),
+    )
+    assert record["peak_tflops"]["fp32"] > 0
+    workers = record["loader_workers"]
+    rate = workers["augment_on_images_per_cpu_s"]
+    assert 0 < rate < workers["augment_off_images_per_cpu_s"]  # augmenting costs time
+    assert workers["one_worker_loader_images_per_s_wall"] > 0
+    assert workers["workers_needed"] == math.ceil(50000 / rate)
+    assert workers["fits_a_16_core_host"] == (workers["workers_needed"] <= 16)
+    assert f"50000 images/s need {workers['workers_needed']} worker" in stdout

@@ -551,7 +551,11 @@ def test_readme_command_that_cannot_run_here_composes(
             reason="hydra-submitit-launcher is not installed (pip install -e '.[slurm]')",
         )
     root, _ = work
-    plan = Plan(readme=command, command=f"{command} paths.root_dir={root} --cfg job", cwd=root)
+    # --cfg composes one job: Hydra refuses it together with -m (the sweep's jobs compose alike).
+    app = HYDRA_APP.match(command)
+    prefix, options = (command[: app.end()], command[app.end() :]) if app else ("", command)
+    composed = prefix + re.sub(r"\s-m(?=\s)", "", options, count=1)
+    plan = Plan(readme=command, command=f"{composed} paths.root_dir={root} --cfg job", cwd=root)
     result = run_plan(plan)
     assert result.returncode == 0, _explain(plan, result)
     # A value the shell computes ($(...)) is not in the config as typed; the runs check it.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -138,8 +139,14 @@ def test_two_nodes_by_torchrun_write_one_run_and_count_each_face_once(tmp_path: 
             "trainer.num_nodes=2",
             "trainer.strategy=ddp",
         ]
+        # A session of its own: a hung run is ended with torchrun's workers, not torchrun alone.
         process = subprocess.Popen(
-            command, cwd=tmp_path, env=_env(), stdout=log, stderr=subprocess.STDOUT
+            command,
+            cwd=tmp_path,
+            env=_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         nodes.append((process, log))
     try:
@@ -147,7 +154,8 @@ def test_two_nodes_by_torchrun_write_one_run_and_count_each_face_once(tmp_path: 
     finally:
         for process, log in nodes:
             if process.poll() is None:
-                process.kill()
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
             log.close()
     logs = [(tmp_path / f"node{rank}.log").read_text()[-3000:] for rank in (0, 1)]
     assert codes == [0, 0], "\n\n".join(logs)

@@ -159,25 +159,57 @@ def test_two_nodes_by_torchrun_write_one_run_and_count_each_face_once(tmp_path: 
             log.close()
     logs = [(tmp_path / f"node{rank}.log").read_text()[-3000:] for rank in (0, 1)]
     assert codes == [0, 0], "\n\n".join(logs)
+    check_one_run_that_counts_each_face_once(tmp_path)
 
-    # One run folder (rank 0's): the other node's process left none of its own.
-    run_dir = _one(list((tmp_path / "outputs" / "train" / "demo").iterdir()), "run folder")
-    assert _one(list(tmp_path.rglob("results.json")), "results.json") == run_dir / "results.json"
-    assert _one(list(tmp_path.rglob("checkpoints")), "checkpoint folder") == run_dir / "checkpoints"
+
+def test_ddp_on_one_machine_tests_once_after_training(tmp_path: Path):
+    """Lightning's own launcher (trainer=ddp on one machine) starts the second process; rank 0
+    still tests alone after training (it used to wait there for ever for the finished rank)."""
+    command = [
+        *(sys.executable, "-m", "fer_lightning.train"),
+        f"paths.root_dir={tmp_path}",
+        *TINY_RUN,
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+    ]
+    result = subprocess.run(
+        command,
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=480,
+        start_new_session=True,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    check_one_run_that_counts_each_face_once(tmp_path, other_rank_logs=("train_ddp_process_1.log",))
+
+
+def check_one_run_that_counts_each_face_once(
+    root: Path, other_rank_logs: tuple[str, ...] = ()
+) -> None:
+    """One run folder under ``root`` (rank 0's) with the run's only checkpoints, results.json and
+    train.log (the other rank's own log, where its launcher names one, beside it); the 7 test
+    faces counted once; the validation accuracy that chose best.ckpt counting each face once."""
+    run_dir = _one(list((root / "outputs" / "train" / "demo").iterdir()), "run folder")
+    assert _one(list(root.rglob("results.json")), "results.json") == run_dir / "results.json"
+    assert _one(list(root.rglob("checkpoints")), "checkpoint folder") == run_dir / "checkpoints"
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
-    assert _one(list(tmp_path.rglob("train.log")), "train.log") == run_dir / "train.log"
+    run_logs = [path for path in root.rglob("*.log") if path.parent != root]  # not the consoles
+    assert sorted(run_logs) == sorted(run_dir / name for name in ["train.log", *other_rank_logs])
 
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed"
     assert results["test/samples"] == SPLIT_SIZE
     assert sum(map(sum, results["test/confusion_matrix"])) == SPLIT_SIZE
 
-    # The validation accuracy that chose best.ckpt counts each of the 7 faces once: it is the
-    # accuracy of that checkpoint on the validation split scored on one process.
+    # val/acc is the accuracy of best.ckpt on the 7 validation faces scored on one process (with
+    # a face repeated to share 8 between 2 processes, it would be k/8).
     val_acc = _one(results["history"], "epoch")["val/acc"]
     datamodule = FERDataModule(
         "synthetic",
-        root=str(tmp_path / "data"),
+        root=str(root / "data"),
         batch_size=SPLIT_SIZE,
         num_workers=0,
         input_size=32,

@@ -163,7 +163,7 @@ def discard_run_folder_if_refused(output_dir: str | Path) -> bool:
 
     Call it only before the command's work starts: it removes everything in a created folder."""
     key = _key(output_dir)
-    _close_log_files_under(Path(key))
+    close_log_files_under(Path(key))
     if key in _created:
         shutil.rmtree(key, ignore_errors=True)
         for parent in _created.pop(key):
@@ -196,7 +196,7 @@ def _restore(folder: Path, snapshot: _ContinuedFolder) -> None:
         hydra_dir.rmdir()
 
 
-def _close_log_files_under(folder: Path) -> None:
+def close_log_files_under(folder: Path) -> None:
     """Close the logging file handlers (Hydra's job log) that write under ``folder``."""
     for logger in (logging.getLogger(), *_named_loggers()):
         for handler in list(logger.handlers):

@@ -46,6 +46,7 @@ from fer_lightning.cli.config import hydra_entry
 from fer_lightning.cli.errors import USER_ERRORS, UserError, instantiate
 from fer_lightning.cli.run_folders import (
     FAILED_MARKER,
+    close_log_files_under,
     discard_run_folder_if_refused,
     resume_checkpoint,
 )
@@ -289,6 +290,29 @@ def resolve_precision_setting(cfg: DictConfig) -> None:
     log.info("Precision %s on %s (trainer.precision=%s)", cfg.trainer.precision, device, requested)
 
 
+class OneRunFolder(pl.Callback):
+    """One run folder for all the processes of a distributed run: rank 0's.
+
+    Every process of a run started on several machines (torchrun, SLURM) composes its own
+    config, and so picks its own run folder (``<date>_<time>`` of its own start, or ``_2`` on a
+    shared filesystem); only rank 0 writes the run's files (checkpoints, results.json, the
+    report; Lightning sends every process rank 0's checkpoint folder). Once the processes can
+    talk, the others leave their own folder (removed when this process created it: it holds only
+    Hydra's copy of the config and the log) and stop writing the log file there; their log stays
+    on their console."""
+
+    def __init__(self, output_dir: str) -> None:
+        self.output_dir = str(output_dir)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        rank_zero_dir = trainer.strategy.broadcast(self.output_dir)
+        if trainer.is_global_zero:
+            return
+        if Path(rank_zero_dir).resolve() != Path(self.output_dir).resolve():
+            discard_run_folder_if_refused(self.output_dir)
+        close_log_files_under(Path(self.output_dir))
+
+
 @dataclass
 class TrainingJob:
     """Everything a run needs, built and checked before anything is written."""
@@ -316,6 +340,7 @@ def prepare_training(cfg: DictConfig) -> TrainingJob:
     # would add its own and write a full checkpoint (1.65 GB for a Residual Masking Network) into
     # the logger's folder, unasked.
     checkpointing = any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks)
+    callbacks.append(OneRunFolder(cfg.paths.output_dir))
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
         callbacks=callbacks,
@@ -351,6 +376,11 @@ def fit_and_test(cfg: DictConfig, job: TrainingJob) -> dict[str, Any]:
     trainer, model = job.trainer, job.model
     if cfg.get("train", True):
         trainer.fit(model, datamodule=job.datamodule, ckpt_path=job.ckpt_path)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Processes started by torchrun, SLURM or Lightning's ddp launcher keep their process
+        # group after fit; the test below runs on rank 0 alone, and a Trainer in a process with a
+        # live group waits for the other processes (which have finished) at its first barrier.
+        torch.distributed.destroy_process_group()
     if not trainer.is_global_zero:
         return {}
     run_dir = Path(cfg.paths.output_dir)

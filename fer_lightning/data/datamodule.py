@@ -21,8 +21,9 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader, Sampler, WeightedRandomSampler
 
 from fer_lightning.data.augment import build_augment
 from fer_lightning.data.csv_reader import ON_BAD_ROW
@@ -223,8 +224,9 @@ class FERDataModule(pl.LightningDataModule):
         return weights.float()
 
     # ----------------------------------------------------------------- loaders
-    def _loader(self, dataset: FaceDataset, batch_size: int, train: bool) -> DataLoader:
-        sampler = None
+    def _loader(
+        self, dataset: FaceDataset, batch_size: int, train: bool, sampler: Sampler | None = None
+    ) -> DataLoader:
         if train and self.balanced_sampler:
             per_class = np.bincount(dataset.labels, minlength=self.num_classes).astype(np.float64)
             weights = 1.0 / per_class[dataset.labels]
@@ -245,12 +247,32 @@ class FERDataModule(pl.LightningDataModule):
         return self._loader(self._require("train_set"), self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader:
-        """FER2013 PublicTest (FER+: its majority labels; a fold: the next fold's subjects)."""
-        return self._loader(self._require("val_set"), self.eval_batch_size, train=False)
+        """FER2013 PublicTest (FER+: its majority labels; a fold: the next fold's subjects).
+        Under DDP each process scores its share of the faces, each face once (see
+        :func:`unpadded_distributed_sampler`): the validation accuracy picks the best checkpoint."""
+        val_set = self._require("val_set")
+        sampler = unpadded_distributed_sampler(val_set)
+        return self._loader(val_set, self.eval_batch_size, train=False, sampler=sampler)
 
     def test_dataloader(self) -> DataLoader:
         """FER2013 PrivateTest (FER+: its majority labels; a fold: the fold's subjects)."""
         return self._loader(self._require("test_set"), self.eval_batch_size, train=False)
+
+
+def unpadded_distributed_sampler(dataset: FaceDataset) -> Sampler | None:
+    """In a distributed run (a process group with two or more processes), a sampler that gives
+    each process every N-th face of ``dataset`` and no face twice; None otherwise (Lightning's
+    own sampler, or none). Lightning's DistributedSampler pads the split with repeated faces to a
+    multiple of the process count, so metrics synchronised over the processes would count those
+    faces twice. Processes may then score one face fewer; each must score at least one (DDP syncs
+    its buffers on the first forward), so a split smaller than the process count keeps the
+    padded sampler."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    world_size = torch.distributed.get_world_size()
+    if world_size < 2 or len(dataset) < world_size:
+        return None
+    return UnrepeatedDistributedSampler(dataset, shuffle=False)
 
 
 def _dataset(split: Split, transform: Any) -> FaceDataset:

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import time
 import xml.etree.ElementTree as ET
@@ -60,7 +61,7 @@ def gpu_tier_results(work: Path) -> dict[str, Any]:
     """Counts, the failed tests and every skip's reason, from pytest's JUnit XML."""
     path = work / "gpu_tier.xml"
     if not path.is_file():
-        return {"tests": None, "error": "no JUnit XML (pytest did not finish)"}
+        return {"tests": None, **tests_in_log(work / "gpu_tier.log")}
     counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
     failed: list[str] = []
     skipped: dict[str, str] = {}
@@ -78,6 +79,16 @@ def gpu_tier_results(work: Path) -> dict[str, Any]:
         else:
             counts["passed"] += 1
     return {"tests": counts, "failed_tests": failed, "skipped_tests": skipped}
+
+
+def tests_in_log(log: Path) -> dict[str, Any]:
+    """What pytest -v printed before it was stopped (no JUnit XML then): each test's outcome."""
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    outcomes = dict(re.findall(r"^(tests/gpu/\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR)", text, re.M))
+    return {
+        "error": "no JUnit XML: pytest did not finish (the outcomes below are from its log)",
+        "outcomes_before_stop": outcomes,
+    }
 
 
 def bench_gpu_results(record: dict[str, Any] | None) -> dict[str, Any]:

@@ -25,7 +25,7 @@
 set -u -o pipefail
 
 usage() {
-    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,6p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 DRY_RUN=0
@@ -62,6 +62,12 @@ OUT_JSON="$(realpath -m "$OUT_JSON")"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO" || exit 2
 PY="${PYTHON:-python3}"
+# Refused before anything is installed or written: the full check needs a CUDA GPU.
+if [ "$DRY_RUN" = 0 ] && ! "$PY" -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
+    echo "device_check.sh: no CUDA GPU here (torch.cuda.is_available() is false);" \
+        "--dry-run runs the same parts on the CPU." >&2
+    exit 2
+fi
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/device_check.XXXXXX")"
 SITE=/tmp/fer_site
 export NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1
@@ -86,18 +92,17 @@ run_part() {
     local name=$1 budget=$2
     shift 2
     echo "== $name (at most ${budget} s): $*"
-    local start end status rc
-    start=$(date +%s.%N)
+    local start ms status rc seconds
+    start=$(date +%s%N)
     timeout --kill-after=5 "$budget" "$@" >"$WORK/$name.log" 2>&1
     rc=$?
-    end=$(date +%s.%N)
+    ms=$((($(date +%s%N) - start) / 1000000))
+    seconds="$((ms / 1000)).$(((ms % 1000) / 100))"
     case $rc in
         0) status=passed ;;
         124 | 137) status=timeout ;;
         *) status=failed ;;
     esac
-    local seconds
-    seconds=$(awk "BEGIN {printf \"%.1f\", $end - $start}")
     printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$status" "$rc" "$seconds" "$budget" >>"$WORK/parts.tsv"
     echo "   $name: $status (exit $rc) in $seconds s"
     if [ "$status" != passed ]; then

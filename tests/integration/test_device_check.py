@@ -56,3 +56,19 @@ def test_device_check_dry_run_writes_one_json_with_every_part_passed(tmp_path):
     # Batch 2 against batch 8 on the CPU: not comparable, so no ratio.
     assert record["summary"]["end_to_end_over_network"] is None
     assert "every part passed" in result.stdout
+
+
+@pytest.mark.slow
+def test_device_check_without_a_gpu_is_refused_and_writes_nothing(tmp_path):
+    out = tmp_path / "dc.json"
+    result = subprocess.run(
+        ["bash", str(BENCHMARKS / "device_check.sh"), "--out", str(out)],
+        cwd=BENCHMARKS.parent,
+        env={**ENV, "TMPDIR": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "no CUDA GPU here" in result.stderr and "--dry-run" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no work folder, no JSON, nothing installed

@@ -19,7 +19,10 @@ On one CUDA GPU, ``resmasking_dropout1`` at 224 (``--arch``, ``--size``):
 
 Each setting runs ``--warmup`` untimed steps, then ``--steps`` timed ones between two
 ``torch.cuda.synchronize()``. The defaults finish in a few minutes on an H100/H200, most of it
-``torch.compile``; a setting that would start after ``--budget-s`` seconds is skipped and noted.
+``torch.compile`` (the compiled setting runs last, after inference); a setting that would start
+after ``--budget-s`` seconds is skipped and noted.
+A setting that fails (out of memory, a compiler error) is recorded under ``failed`` in the JSON
+and the others still run; the exit status is then 1.
 
 ``--dry-run`` runs every path once on the CPU, tiny (resnet18 at 32 px, batch 2, 1 warm-up and
 1 timed step per setting, no ``torch.compile`` unless ``--compile``, no DDP): a check that the
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -75,6 +79,10 @@ DDP_SETTING = TRAIN_SETTINGS[2]
 DDP_WORLD = 2
 
 
+class Terminated(Exception):
+    """The process was asked to stop (SIGTERM) while a setting was being measured."""
+
+
 def peak_tflops(device: torch.device, bf16: float | None, fp32: float | None) -> dict:
     """{"bf16": TFLOP/s or None, "fp32": ...}: the overrides, else the table's for this GPU."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
@@ -87,16 +95,35 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(step: Callable[[], None], warmup: int, steps: int, device: torch.device) -> float:
-    """Seconds for ``steps`` calls of ``step`` after ``warmup`` untimed ones."""
+def timed_phases(
+    step: Callable[[], None], warmup: int, steps: int, device: torch.device
+) -> tuple[float, float]:
+    """(seconds of the ``warmup`` untimed calls of ``step``, seconds of the ``steps`` timed
+    ones after them)."""
+    start = time.perf_counter()
     for _ in range(warmup):
         step()
     synchronize(device)
-    start = time.perf_counter()
+    warmed = time.perf_counter()
     for _ in range(steps):
         step()
     synchronize(device)
-    return time.perf_counter() - start
+    return warmed - start, time.perf_counter() - warmed
+
+
+def timed(step: Callable[[], None], warmup: int, steps: int, device: torch.device) -> float:
+    """Seconds for ``steps`` calls of ``step`` after ``warmup`` untimed ones."""
+    return timed_phases(step, warmup, steps, device)[1]
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def max_memory_gib(device: torch.device) -> float | None:
+    """The most GPU memory PyTorch's tensors held since the last reset (None on the CPU)."""
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
 def paper_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -251,11 +278,52 @@ def main(argv: list[str] | None = None) -> int:
         + (" [DRY RUN on the CPU: not a measurement]" if args.dry_run else "")
     )
 
+    # A time limit (``timeout``'s SIGTERM) ends the setting in progress; the JSON is still
+    # written with everything measured before it.
+    state = {"measuring": False, "terminated": False}
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        state["terminated"] = True
+        if state["measuring"]:
+            raise Terminated("stopped by SIGTERM (a time limit)")
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
     def over_budget(name: str) -> bool:
+        if state["terminated"]:
+            run.skipped.append(f"{name}: stopped by SIGTERM (a time limit)")
+            return True
         if time.perf_counter() - started > args.budget_s:
             run.skipped.append(f"{name}: past --budget-s {args.budget_s:g}")
             return True
         return False
+
+    failed: list[dict[str, str]] = []
+
+    def attempt(name: str, measure: Callable[[], None]) -> None:
+        """Run one setting; an error (out of memory, a compiler failure) is recorded and the
+        next setting runs, so that a first run on a new GPU reports everything it can."""
+        state["measuring"] = True
+        try:
+            measure()
+        except Exception as error:  # any failure of one setting
+            failed.append({"name": name, "error": f"{type(error).__name__}: {error}"[:2000]})
+            print(f"FAILED {name}: {type(error).__name__}: {error}", file=sys.stderr)
+        finally:
+            state["measuring"] = False
+            free(device)
+
+    inference: list[dict[str, Any]] = []
+    for batch in INFERENCE_BATCHES:
+        if over_budget(f"inference batch {batch}"):
+            continue
+
+        def measure_inference(batch=batch) -> None:
+            step = inference_step(args.arch, args.size, batch, device)
+            speed = batch * args.steps / timed(step, args.warmup, args.steps, device)
+            inference.append({"batch": batch, "value": speed})
+
+        attempt(f"inference batch {batch}", measure_inference)
 
     for name, precision, channels_last, compile_model in TRAIN_SETTINGS:
         if compile_model and args.dry_run and not args.compile:
@@ -263,28 +331,29 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if over_budget(name):
             continue
-        step = training_step(
-            args.arch, args.size, args.batch, device, precision, channels_last, compile_model
-        )
-        speed = args.batch * args.steps / timed(step, args.warmup, args.steps, device)
-        peak = peaks["fp32" if precision == "32-true" else "bf16"]
-        figures = {"mfu": utilisation(speed, gflops, peak), "peak_tflops": peak}
-        if run.reference is None:
-            run.set_reference(name, speed, **figures)
-        else:
-            run.add(name, speed, **figures)
-        del step
-        free(device)
 
-    inference: list[dict[str, Any]] = []
-    for batch in INFERENCE_BATCHES:
-        if over_budget(f"inference batch {batch}"):
-            continue
-        step = inference_step(args.arch, args.size, batch, device)
-        speed = batch * args.steps / timed(step, args.warmup, args.steps, device)
-        inference.append({"batch": batch, "value": speed})
-        del step
-        free(device)
+        def measure_training(
+            name=name, precision=precision, channels_last=channels_last, compiled=compile_model
+        ) -> None:
+            reset_peak_memory(device)
+            step = training_step(
+                args.arch, args.size, args.batch, device, precision, channels_last, compiled
+            )
+            warmup_s, timed_s = timed_phases(step, args.warmup, args.steps, device)
+            speed = args.batch * args.steps / timed_s
+            peak = peaks["fp32" if precision == "32-true" else "bf16"]
+            figures = {
+                "mfu": utilisation(speed, gflops, peak),
+                "peak_tflops": peak,
+                "warmup_s": warmup_s,  # with torch.compile: mostly the compile time
+                "max_memory_gib": max_memory_gib(device),
+            }
+            if run.reference is None:
+                run.set_reference(name, speed, **figures)
+            else:
+                run.add(name, speed, **figures)
+
+        attempt(name, measure_training)
 
     ddp: dict[str, Any]
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
@@ -295,14 +364,21 @@ def main(argv: list[str] | None = None) -> int:
     elif over_budget("DDP"):
         ddp = {"skipped": "past --budget-s"}
     else:
-        speed = ddp_throughput(args)
-        single = next((s["value"] for s in run.settings if s["name"] == DDP_SETTING[0]), None)
-        ddp = {
-            "name": f"DDP on {DDP_WORLD} GPUs, {DDP_SETTING[0]}",
-            "value": speed,
-            "scaling": speed / single if single else None,
-            "mfu_per_gpu": utilisation(speed / DDP_WORLD, gflops, peaks["bf16"]),
-        }
+        ddp = {"skipped": "failed (see failed)"}
+
+        def measure_ddp() -> None:
+            speed = ddp_throughput(args)
+            settings = run.settings
+            single = next((s["value"] for s in settings if s["name"] == DDP_SETTING[0]), None)
+            ddp.clear()
+            ddp.update(
+                name=f"DDP on {DDP_WORLD} GPUs, {DDP_SETTING[0]}",
+                value=speed,
+                scaling=speed / single if single else None,
+                mfu_per_gpu=utilisation(speed / DDP_WORLD, gflops, peaks["bf16"]),
+            )
+
+        attempt("DDP", measure_ddp)
 
     print_table(run, inference, ddp)
     run.write_json(
@@ -320,9 +396,10 @@ def main(argv: list[str] | None = None) -> int:
         cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
         inference=inference,
         ddp=ddp,
+        failed=failed,
         seconds=time.perf_counter() - started,
     )
-    return 0
+    return 1 if failed else 0
 
 
 def print_table(run: Run, inference: list[dict[str, Any]], ddp: dict[str, Any]) -> None:

@@ -105,9 +105,8 @@ class Limits:
 @dataclass(frozen=True)
 class BatchPolicy:
     """How long a request's faces may wait for those of requests still being decoded or
-    detected (``window_ms``, or as long as a one-face network call takes where that is longer;
-    a lone request never waits) and how many faces one network call takes at most
-    (``max_faces``)."""
+    detected (``window_ms``; a lone request never waits) and how many faces one network call
+    takes at most (``max_faces``)."""
 
     window_ms: float = 10.0
     max_faces: int = 32
@@ -220,12 +219,7 @@ class Service:
         request; stop the workers after the last."""
         classifier = self.recognizer.classifier
         await asyncio.to_thread(self.pool.warm_up)
-        one_face = np.zeros((1, 48, 48), np.uint8)
-        await asyncio.to_thread(classifier, one_face)
-        # Timed once warm: how long a one-face call takes bounds how long batches wait.
-        started = time.perf_counter()
-        await asyncio.to_thread(classifier, one_face)
-        self.batcher.record_call(1, time.perf_counter() - started)
+        await asyncio.to_thread(classifier, np.zeros((1, 48, 48), np.uint8))
         await self.batcher.start()
         log.info(
             "Ready: %r, detector %s x%d.", classifier, self.pool.name, len(self.pool.detectors)
@@ -272,9 +266,6 @@ class Service:
             "pixels_held": self.budget.held,
             "batching": {
                 "window_ms": self.batching.window_ms,
-                # How long faces wait for company at most now (the window, or a one-face
-                # network call's time where longer: FaceBatcher.wait_s).
-                "wait_ms": round(1000 * self.batcher.wait_s, 1),
                 "max_faces": self.batching.max_faces,
                 **self.batcher.stats.to_dict(),
             },

@@ -4,18 +4,9 @@ Each request announces itself when its image arrives (:meth:`FaceBatcher.incomin
 once decoded and detected, hands its faces over and awaits the result. A collector task runs
 everything waiting through the network in one call, in a worker thread so that the event loop
 keeps serving. It waits for company only while other announced requests are still on their
-way (or until ``max_faces`` faces wait): a lone request runs at once. Requests that arrive
-while the network runs are collected for the next call, so under load the batches grow by
-themselves.
-
-How long it waits for company: ``window_s``, or the time of a one-face network call where that
-is longer (:attr:`FaceBatcher.wait_s`; a call takes longer per face in a small batch than in a
-large one on a CPU, so waiting less than a small call lasts costs less than running one).
-Faces that queued while the network ran also wait, once it is free, for as many requests to be
-announced as that call answered, up to the same time: clients that send their next request on
-receiving an answer (32 clients with ``resmasking_dropout1`` at 224 px,
-``benchmarks/bench_serve.py``) otherwise came back a moment too late, and the calls alternated
-between part of the faces and the rest.
+way, and at most ``window_s`` after the oldest waiting request arrived (or until ``max_faces``
+faces wait): a lone request runs at once. Requests that arrive while the network runs are
+collected for the next call, so under load the batches grow by themselves.
 """
 
 from __future__ import annotations
@@ -32,9 +23,6 @@ import numpy as np
 
 from fer_lightning.faces.detectors import Detection
 from fer_lightning.inference.recognizer import FacePrediction
-
-# The last this many one-face network calls set how long a batch waits for company.
-RECENT_CALLS = 8
 
 # recognizer.recognize: images and their detections -> one list of faces per image.
 RecognizeFn = Callable[
@@ -103,22 +91,6 @@ class FaceBatcher:
         self._changed: asyncio.Event | None = None  # set on every arrival or withdrawal
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._one_face_seconds: deque[float] = deque(maxlen=RECENT_CALLS)
-        self._network_free_since = time.monotonic()
-        self._announced = 0  # requests announced so far
-        # After a call: the announcements it counts on (``_announced`` then, requests answered).
-        self._answered_at: tuple[int, int] = (0, 0)
-
-    @property
-    def wait_s(self) -> float:
-        """How long faces wait for company at most: ``window_s``, or the shortest of the
-        recent one-face network calls where that is longer."""
-        return max(self.window_s, min(self._one_face_seconds, default=0.0))
-
-    def record_call(self, faces: int, seconds: float) -> None:
-        """A network call's duration (the batcher's own, or one made while warming up)."""
-        if faces == 1:
-            self._one_face_seconds.append(seconds)
 
     async def start(self) -> None:
         """Start collecting (in the running event loop)."""
@@ -146,9 +118,6 @@ class FaceBatcher:
         window) instead of leaving without it."""
         slot = Slot(self)
         self._incoming += 1
-        self._announced += 1
-        if self._changed is not None:
-            self._changed.set()
         try:
             yield slot
         finally:
@@ -179,15 +148,10 @@ class FaceBatcher:
         assert self._arrived is not None and self._changed is not None
         while True:
             await self._arrived.wait()
-            free_since = self._network_free_since
-            start = max(self._pending[0].arrived, free_since)
-            deadline = start + self.wait_s
-            announced_then, answered = self._answered_at
-            # Queued during the last call: its clients are likely to come back at once.
-            expected = announced_then + answered if self._pending[0].arrived < free_since else 0
-            while self._pending_faces < self.max_faces:
+            deadline = self._pending[0].arrived + self.window_s
+            while self._incoming > 0 and self._pending_faces < self.max_faces:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self._incoming == 0 and self._announced >= expected):
+                if remaining <= 0:
                     break
                 self._changed.clear()
                 with contextlib.suppress(asyncio.TimeoutError):  # TimeoutError from 3.11
@@ -218,7 +182,6 @@ class FaceBatcher:
         images = [job.image for job in jobs]
         detections = [job.detections for job in jobs]
         loop = asyncio.get_running_loop()
-        started = time.monotonic()
         try:
             results = await loop.run_in_executor(
                 self._executor, self._recognize, images, detections
@@ -229,12 +192,7 @@ class FaceBatcher:
         except Exception as error:  # reported to each request; the collector goes on
             _fail(jobs, error)
             return
-        finally:
-            self._network_free_since = time.monotonic()
-            self._answered_at = (self._announced, len(jobs))
-        faces = sum(len(found) for found in detections)
-        self.record_call(faces, self._network_free_since - started)
-        self.stats.add(len(jobs), faces)
+        self.stats.add(len(jobs), sum(len(found) for found in detections))
         for job, faces in zip(jobs, results, strict=True):
             if not job.future.done():
                 job.future.set_result(faces)

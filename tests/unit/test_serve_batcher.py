@@ -4,7 +4,6 @@ errors and shutdown reach every waiting request, and results go back to their ow
 from __future__ import annotations
 
 import asyncio
-import time
 
 import numpy as np
 import pytest
@@ -21,14 +20,12 @@ TIMEOUT_S = 20.0
 class FakeNetwork:
     """recognizer.recognize stand-in: records each call; a face's label names its image."""
 
-    def __init__(self, fail: bool = False, seconds: float = 0.0) -> None:
+    def __init__(self, fail: bool = False) -> None:
         self.calls: list[int] = []
         self.fail = fail
-        self.seconds = seconds  # how long a call takes
 
     def __call__(self, images, detections):
         self.calls.append(len(images))
-        time.sleep(self.seconds)
         if self.fail:
             raise RuntimeError("network down")
         return [
@@ -95,65 +92,11 @@ def test_a_lone_request_or_one_without_faces_does_not_wait_for_the_window():
     assert network.calls == [1, 1]
 
 
-async def requests_around_a_slow_call(batcher: FaceBatcher, late_by: float) -> None:
-    """Request 1 runs alone; during its call request 2 arrives and request 3 is announced,
-    its faces arriving ``late_by`` seconds after the network is free again."""
-    first = asyncio.ensure_future(request(batcher, 1))
-    await asyncio.sleep(0.05)  # the network runs request 1 (0.2 s)
-    await asyncio.gather(first, request(batcher, 2), request(batcher, 3, delay=0.15 + late_by))
-
-
-@pytest.mark.parametrize(("late_by", "calls"), [(0.05, [1, 2]), (0.5, [1, 1, 1])])
-def test_after_a_call_faces_wait_for_announced_ones_up_to_a_short_calls_time(late_by, calls):
-    """With a network slower than the window, the faces waiting when a call ends wait for
-    the requests still being detected (instead of running a small call of their own), up to
-    the shortest recent call's time (0.2 s here), not longer."""
-    network = FakeNetwork(seconds=0.2)
-
-    async def main():
-        batcher = FaceBatcher(network, window_s=0.01, max_faces=32)
-        await batcher.start()
-        await requests_around_a_slow_call(batcher, late_by)
-        wait_s = batcher.wait_s
-        await batcher.stop()
-        return wait_s
-
-    wait_s = run(main())
-    assert network.calls == calls
-    assert 0.2 <= wait_s < 0.4
-
-
-def test_faces_queued_during_a_call_wait_for_the_next_request_of_the_client_it_answered():
-    """A client that sends again on its answer joins the faces that queued meanwhile, instead
-    of those leaving alone a moment before it is announced."""
-    network = FakeNetwork(seconds=0.2)
-
-    async def main():
-        batcher = FaceBatcher(network, window_s=0.01, max_faces=32)
-        batcher.record_call(1, 0.2)  # as the server's warm-up does
-        await batcher.start()
-
-        async def client() -> None:
-            await request(batcher, 1)
-            await asyncio.sleep(0.01)  # the answer travels, the next request comes
-            await request(batcher, 2, delay=0.02)
-
-        async def queued() -> None:
-            await asyncio.sleep(0.05)  # arrives while the network runs the client's face
-            await request(batcher, 3)
-
-        await asyncio.gather(client(), queued())
-        await batcher.stop()
-
-    run(main())
-    assert network.calls == [1, 2]
-
-
 def test_max_faces_splits_a_batch():
     network = FakeNetwork()
 
     async def main():
-        batcher = FaceBatcher(network, window_s=0.05, max_faces=4)
+        batcher = FaceBatcher(network, window_s=LONG_WINDOW_S, max_faces=4)
         await batcher.start()
         await asyncio.gather(*(request(batcher, n, face_count=2) for n in range(3)))
         await batcher.stop()

@@ -53,7 +53,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import httpx
 import numpy as np
 import torch
-from run_info import Run, add_options
+from run_info import Run, add_options, model_flops_per_image
 
 from fer_lightning.inference.recognizer import EmotionRecognizer
 from fer_lightning.inference.samples import ASTRONAUT_PATH
@@ -233,7 +233,6 @@ def batching_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, f
         "network_calls": calls,
         "faces": faces,
         "mean_faces_per_call": faces / max(calls, 1),
-        "wait_ms_at_end": after.get("wait_ms"),  # absent from servers before it was served
     }
 
 
@@ -257,7 +256,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="fer-serve options, after --")
     args = parser.parse_args()
 
-    run = Run("bench_serve", "faces/s | requests/s")
+    run = Run("bench_serve", "faces/s | requests/s", peak_size=args.peak_size)
     photo = ASTRONAUT_PATH.read_bytes()
     recognizer: EmotionRecognizer | None = None
     with tempfile.TemporaryDirectory() as folder:
@@ -320,14 +319,23 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "clients": "asyncio + httpx in the benchmark's process, beside the server's",
     }
+    # One face per request: the network's FLOPs per request are its FLOPs per face.
+    flops = model_flops_per_image(args.arch, health["input_size"])
+    precision = health["precision"]
     run.set_reference(
         f"recogniser, batch {batch} (no HTTP, no detection)",
         bound,
         before=bound_before,
         after=bound_after,
         cpu_ms_per_face=round((cpu_per_face + cpu_per_face_after) / 2),
+        **run.utilisation(bound, flops, precision),
     )
-    run.add(f"{args.concurrency} clients", many["requests_per_s"], **many)
+    run.add(
+        f"{args.concurrency} clients",
+        many["requests_per_s"],
+        **many,
+        **run.utilisation(many["requests_per_s"], flops, precision),
+    )
     run.add("1 client", one["requests_per_s"], **one)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
@@ -338,7 +346,7 @@ def main() -> None:
     )
     print(
         f"  recogniser, batch {batch}: {bound:.2f} faces/s (before {bound_before:.2f}, after "
-        f"{bound_after:.2f})"
+        f"{bound_after:.2f}); {run.share_text(run.reference)}"
     )
     for name, result in (("1 client", one), (f"{args.concurrency} clients", many)):
         print(
@@ -349,8 +357,7 @@ def main() -> None:
         )
     print(
         f"  batching: {many['batching']['network_calls']} network calls, "
-        f"{many['batching']['mean_faces_per_call']:.1f} faces each on average; wait for "
-        f"company {many['batching']['wait_ms_at_end']} ms at the end"
+        f"{many['batching']['mean_faces_per_call']:.1f} faces each on average"
     )
     cpu = many["cpu_ms_per_request"]
     print(
@@ -358,7 +365,10 @@ def main() -> None:
         f"{cpu['detectors']}, clients {cpu['clients']}; the recogniser alone "
         f"{run.reference['cpu_ms_per_face']} per face"
     )
-    print(f"  requests/s over the recogniser's faces/s: {ratio:.0%}; load average {load}")
+    print(
+        f"  requests/s over the recogniser's faces/s: {ratio:.0%} "
+        f"({run.share_text(run.settings[0])}); load average {load}"
+    )
     run.write_json(args.json, ratio=ratio, server=server)
     if many["errors"] or one["errors"]:
         sys.exit(f"{many['errors'] + one['errors']} requests failed: {many['first_errors']}")

@@ -140,8 +140,9 @@ def batched_faces_per_s(
         recognizer.recognize(images, detections)
         return time.perf_counter() - started, time.process_time() - cpu
 
-    # In a worker thread, as the server's batcher runs the network: on a loaded machine a call
-    # from the main thread ran up to 1.3x slower here (benchmarks/README.md).
+    # In a worker thread, as the server's batcher runs the network: on a loaded machine calls
+    # from the main thread ran slower (1.3x for resmasking_dropout1; benchmarks/README.md), and
+    # such a bound is not the server's.
     with ThreadPoolExecutor(max_workers=1) as network_thread:
         network_thread.submit(timed).result()
         seconds, cpu = min(network_thread.submit(timed).result() for _ in range(repeats))

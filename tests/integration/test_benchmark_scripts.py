@@ -47,6 +47,7 @@ def test_gpu_benchmark_dry_run_covers_every_setting(tmp_path):
         ["bench_data.py"],
         ["bench_gpu.py"],
         ["bench_inference.py", "speed"],
+        ["bench_serve.py"],
     ],
 )
 def test_benchmark_help_mentions_json(command):

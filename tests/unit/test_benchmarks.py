@@ -20,6 +20,7 @@ SCRIPTS = (
     "bench_gpu.py",
     "bench_convs.py",
     "bench_tracking.py",
+    "bench_serve.py",
 )
 
 

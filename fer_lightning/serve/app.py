@@ -132,6 +132,13 @@ class Prediction(BaseModel):
     width: int
     height: int
     faces: list[Face]
+    calibrated: bool = Field(
+        description="whether probs are divided by the model's fitted temperature (calibrated "
+        "probabilities) or are the network's raw softmax"
+    )
+    temperature: float | None = Field(
+        default=None, description="the temperature probs were computed with, when calibrated"
+    )
 
 
 class ErrorMessage(BaseModel):
@@ -356,7 +363,13 @@ class Service:
             "width": decoded.width,
             "height": decoded.height,
             "faces": [{**face.to_dict(), "box": decoded.to_file_box(face.box)} for face in faces],
+            **self.calibration(),
         }
+
+    def calibration(self) -> dict[str, Any]:
+        """What the answer's probabilities are: ``calibrated`` and, if so, ``temperature``."""
+        temperature = self.recognizer.classifier.temperature
+        return {"calibrated": temperature is not None, "temperature": temperature}
 
     async def explain(
         self, request: Request, target: str | None, as_png: bool
@@ -419,6 +432,7 @@ class Service:
                 }
                 for face in faces
             ],
+            **self.calibration(),
         }
 
 

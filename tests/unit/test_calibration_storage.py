@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -214,7 +215,7 @@ def test_calibrate_option_of_the_recogniser_configs(command: str) -> None:
     assert on.calibrate is True and off.calibrate is False
 
 
-def test_healthz_says_whether_probabilities_are_calibrated() -> None:
+def test_healthz_and_every_answer_say_whether_probabilities_are_calibrated() -> None:
     from fastapi.testclient import TestClient
 
     from fer_lightning.serve import create_app
@@ -222,10 +223,20 @@ def test_healthz_says_whether_probabilities_are_calibrated() -> None:
     torch.manual_seed(0)
     net = create_model("resnet18")
     net.calibration = CALIBRATION
+    _ok, encoded = cv2.imencode(".jpg", np.full((64, 64, 3), 128, np.uint8))
+    photo, jpeg = encoded.tobytes(), {"Content-Type": "image/jpeg"}
     for calibrate in (True, False):
         recognizer = EmotionRecognizer(classifier(net, calibrate), detector="none")
         with TestClient(create_app(recognizer)) as client:
             health = client.get("/healthz").json()
+            answers = [
+                client.post(f"/v1/{route}", content=photo, headers=jpeg).json()
+                for route in ("predict", "explain")
+            ]
+        for answer in answers:
+            # Each answer says what its probabilities are.
+            assert answer["calibrated"] is calibrate and len(answer["faces"]) == 1
+            assert answer.get("temperature") == (2.5 if calibrate else None)
         assert health["calibration"] == {
             "applied": calibrate,
             "temperature": 2.5,

@@ -51,7 +51,7 @@ import cv2
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from run_info import Run, add_options
+from run_info import Run, add_options, model_flops_per_image
 
 from fer_lightning.cli.config import CONFIG_DIR
 from fer_lightning.cli.export import int8_faces
@@ -153,16 +153,21 @@ def speed(
         f"{arch} at {size}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{repeats} repeats (median)"
     )
+    # Each face's network FLOPs (detection not counted), against the peak of its precision.
+    flops = model_flops_per_image(arch, size)
     for name, values in times.items():
         t = float(np.median(values))
+        precision = "int8" if "int8" in name else "bf16" if "bf16" in name else "fp32"
+        figures = {"seconds_per_frame": t, "flops_per_item": flops, "precision": precision}
         if name == "per-face fp32 loop":
-            run.set_reference(name, n_faces / t, seconds_per_frame=t)
+            run.set_reference(name, n_faces / t, **figures)
         else:
-            run.add(name, n_faces / t, seconds_per_frame=t)
+            run.add(name, n_faces / t, **figures)
     for row in [{**run.reference, "ratio": 1.0}, *run.settings]:
         print(
             f"{row['name']:>45}: {row['value']:6.2f} faces/s  "
-            f"({row['seconds_per_frame']:.3f} s/frame)  x{row['ratio']:.2f}"
+            f"({row['seconds_per_frame']:.3f} s/frame)  x{row['ratio']:.2f}  "
+            f"{run.share_text(row)}"
         )
     for note in run.skipped:
         print(f"skipped {note}")
@@ -213,14 +218,28 @@ def explain_cost(repeats: int, arch: str, size: int, run: Run, json_path: Path |
             times[name].append(time.perf_counter() - start)
     per_face = {name: float(np.median(values)) / n_faces for name, values in times.items()}
     frame_s = {name: n_faces * seconds for name, seconds in per_face.items()}
-    run.set_reference("predict", per_face["predict"], seconds_per_frame=frame_s["predict"])
-    run.add("explain", per_face["explain"], seconds_per_frame=frame_s["explain"])
+    # Both counted at the forward's FLOPs per face: the default Grad-CAM's backward runs only
+    # from the logits to the last stage (the classifier), which is next to nothing.
+    flops = model_flops_per_image(arch, size)
+    for name in runners:
+        figures = {
+            "seconds_per_frame": frame_s[name],
+            "flops_per_second": flops / per_face[name],
+            "precision": "fp32",
+        }
+        if name == "predict":
+            run.set_reference(name, per_face[name], **figures)
+        else:
+            run.add(name, per_face[name], **figures)
     print(
         f"{arch} at {size}, fp32, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{repeats} repeats (median), {n_faces} faces, detection included"
     )
-    for name, seconds in per_face.items():
-        print(f"{name:>8}: {1000 * seconds:8.1f} ms per face ({frame_s[name]:.3f} s/frame)")
+    for row in [run.reference, *run.settings]:
+        print(
+            f"{row['name']:>8}: {1000 * row['value']:8.1f} ms per face "
+            f"({row['seconds_per_frame']:.3f} s/frame)  {run.share_text(row)}"
+        )
     print(f"explain costs {per_face['explain'] / per_face['predict']:.2f}x predict per face")
     run.write_json(json_path, arch=arch, size=size, repeats=repeats, times_s=times)
 
@@ -409,6 +428,9 @@ def main(argv: list[str] | None = None) -> int:
         f"bench_inference {args.command}",
         units.get(args.command, "MB"),
         getattr(args, "include_emulated_bf16", False),
+        args.peak_size,
+        # Memory and detector timings: no model FLOPs, and the product's memory would show.
+        measure_peak=args.command in ("speed", "explain"),
     )
     if args.command == "speed":
         speed(args.repeats, args.arch, args.size, args.ckpt, run, args.json)

@@ -39,9 +39,9 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from run_info import cpu_model  # noqa: E402
+from run_info import cpu_model
 
-from fer_lightning.runtime import cpu_has_native_bf16  # noqa: E402
+from fer_lightning.runtime import cpu_has_native_bf16
 
 SETTINGS = {
     "fp32": ["trainer.precision=32-true", "model.cpu_convs=true"],
@@ -112,9 +112,7 @@ def main() -> None:
     args = parser.parse_args()
 
     native = cpu_has_native_bf16()
-    settings = args.settings or [
-        name for name in SETTINGS if name != "bf16" or native
-    ]
+    settings = args.settings or [name for name in SETTINGS if name != "bf16" or native]
     work = args.work or Path(tempfile.mkdtemp(prefix="learning_seeds_"))
     work.mkdir(parents=True, exist_ok=True)
     info = {
@@ -134,8 +132,8 @@ def main() -> None:
             run = train_once(args, name, seed, work)
             info["runs"][name].append(run)
             print(
-                f"{name:<18} seed {seed}: val acc final {run['val_acc_final']:.1%}, "
-                f"best {run['val_acc_best']:.1%} ({run['epochs_run']} epochs, {run['wall_s']:.0f} s)",
+                f"{name:<18} seed {seed}: val acc final {run['val_acc_final']:.1%}, best "
+                f"{run['val_acc_best']:.1%} ({run['epochs_run']} epochs, {run['wall_s']:.0f} s)",
                 flush=True,
             )
             if args.json:

@@ -149,7 +149,10 @@ class Run:
         unit: str,
         include_emulated_bf16: bool = False,
         peak_size: int = PEAK_SIZE,
+        measure_peak: bool = True,
     ) -> None:
+        """``measure_peak=False``: a benchmark of memory or of detection, whose figures a
+        matrix product's allocations would disturb and no model FLOPs share; the JSON says so."""
         if peak_size < 1:
             raise SystemExit(f"--peak-size must be a positive matrix side, got {peak_size}.")
         self.benchmark, self.unit = benchmark, unit
@@ -171,9 +174,15 @@ class Run:
         bf16 = "native" if self.bf16_native else "emulated (no AMX or AVX512-BF16)"
         load = ", ".join(f"{x:.2f}" for x in self.info["load_average_start"])
         print(f"CPU: {self.info['cpu']}; bf16 {bf16}; load average {load}", flush=True)
-        self.peak = measure_peaks(peak_size, self.bf16_native)
+        if measure_peak:
+            self.peak = measure_peaks(peak_size, self.bf16_native)
+            print(self.peak_line(), flush=True)
+        else:
+            self.peak = {
+                "tflops": {"fp32": None, "bf16": None},
+                "note": "peak not measured: this benchmark has no model FLOPs to share",
+            }
         self.peak_tflops: dict[str, float | None] = self.peak["tflops"]
-        print(self.peak_line(), flush=True)
 
     def peak_line(self) -> str:
         """The measured peak, as printed at the start."""

@@ -48,6 +48,7 @@ def test_gpu_benchmark_dry_run_covers_every_setting(tmp_path):
         ["bench_gpu.py"],
         ["bench_inference.py", "speed"],
         ["bench_serve.py"],
+        ["learning_seeds.py"],
     ],
 )
 def test_benchmark_help_mentions_json(command):
@@ -96,6 +97,36 @@ def test_train_benchmark_records_each_settings_share_of_the_peak(tmp_path):
         assert setting["peak"] == "fp32"
         assert setting["peak_share"] == pytest.approx(tflops / peak["fp32"])
     assert "% of the fp32 peak" in stdout
+
+
+@pytest.mark.slow
+def test_inference_benchmark_gives_every_setting_its_share_of_its_precisions_peak(tmp_path):
+    from fer_lightning.models.zoo import describe
+
+    record, stdout = run_benchmark(
+        tmp_path,
+        "bench_inference.py",
+        "speed",
+        "--arch",
+        "resnet18",
+        "--size",
+        "64",
+        "--repeats",
+        "1",
+    )
+    flops = describe("resnet18", 64)["gflops"] * 1e9  # inference: the forward alone
+    peak = record["peak_tflops"]
+    names = [setting["name"] for setting in (record["reference"], *record["settings"])]
+    assert "int8 ONNX, batched" in names and "per-face fp32 loop" in names
+    for setting in (record["reference"], *record["settings"]):
+        expected = (
+            "int8" if "int8" in setting["name"] else "bf16" if "bf16" in setting["name"] else "fp32"
+        )
+        assert setting["precision"] == expected
+        assert setting["model_tflops"] == pytest.approx(setting["value"] * flops / 1e12)
+        matching = "bf16" if expected == "bf16" else "fp32"
+        assert setting["peak_share"] == pytest.approx(setting["model_tflops"] / peak[matching])
+    assert "no int8 peak measured" in stdout
 
 
 @pytest.mark.slow

@@ -82,33 +82,95 @@ class Expression:
     bend: float = 0.0
 
 
-def draw_face(label: int, rng: np.random.Generator) -> np.ndarray:
-    """One face showing ``label`` (FER order): (48, 48) uint8."""
-    return _draw(label, rng, None)
+def draw_face(
+    label: int,
+    rng: np.random.Generator,
+    *,
+    offset: tuple[float, float] = (0.0, 0.0),
+    zoom: float = 1.0,
+) -> np.ndarray:
+    """One face showing ``label`` (FER order): (48, 48) uint8.
+
+    ``offset`` (x right, y down, pixels of the 48x48 face) and ``zoom`` frame the head
+    differently in the crop, from the same random draws: the head is ``zoom`` times larger
+    about the crop's centre, then moved by ``offset``. The defaults draw the faces of the demo
+    data, unchanged."""
+    return _draw(label, rng, None, None, offset, zoom)
 
 
-def draw_face_with_regions(label: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`draw_face` (the same face for the same ``rng`` state) and where the features
-    that decide its class are: (48, 48) uint8 face, (48, 48) bool mask.
+def draw_face_with_regions(
+    label: int,
+    rng: np.random.Generator,
+    *,
+    offset: tuple[float, float] = (0.0, 0.0),
+    zoom: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`draw_face` (the same face for the same ``rng`` state and framing) and where the
+    features that decide its class are: (48, 48) uint8 face, (48, 48) bool mask.
 
     The emotions differ only in the eyes, the brows and the mouth (and disgust's wrinkles over
     the nose); the head, the nose and the lighting carry no class. The mask covers those
     strokes widened by about 1.5 pixels of the 48x48 face on every side."""
+    parts = draw_face_parts(label, rng, offset=offset, zoom=zoom)
+    return parts.face, parts.regions
+
+
+@dataclass(frozen=True)
+class FaceParts:
+    """One drawn face and where its parts are, each (48, 48): ``face`` uint8, ``regions`` bool
+    (the class-deciding strokes, :func:`draw_face_with_regions`), ``head`` bool (the head's
+    ellipse: where a map that knows only where the face is would look)."""
+
+    face: np.ndarray
+    regions: np.ndarray
+    head: np.ndarray
+
+
+def draw_face_parts(
+    label: int,
+    rng: np.random.Generator,
+    *,
+    offset: tuple[float, float] = (0.0, 0.0),
+    zoom: float = 1.0,
+) -> FaceParts:
+    """:func:`draw_face_with_regions` (the same face and regions for the same ``rng`` state
+    and framing) and the head's mask."""
     regions = np.zeros((_CANVAS, _CANVAS), dtype=np.float32)
-    face = _draw(label, rng, regions)
-    small = cv2.resize(regions, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA)
-    return face, small > 0.25
+    head = np.zeros((_CANVAS, _CANVAS), dtype=np.float32)
+    face = _draw(label, rng, regions, head, offset, zoom)
+    small = [
+        cv2.resize(m, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA) for m in (regions, head)
+    ]
+    return FaceParts(face, small[0] > 0.25, small[1] > 0.5)
 
 
 # The class-deciding strokes are drawn this much thicker (canvas pixels) into the region mask.
 _REGION_WIDEN = 6
 
 
-def _draw(label: int, rng: np.random.Generator, regions: np.ndarray | None) -> np.ndarray:
+def _draw(
+    label: int,
+    rng: np.random.Generator,
+    regions: np.ndarray | None,
+    head_mask: np.ndarray | None = None,
+    offset: tuple[float, float] = (0.0, 0.0),
+    zoom: float = 1.0,
+) -> np.ndarray:
     """The face on the canvas, photographed to 48x48; with ``regions`` (the canvas's shape,
     zeros) the class-deciding strokes are also drawn there (1, widened) and rotated as the
-    face is, in place."""
+    face is, in place; likewise the head's ellipse into ``head_mask``. ``offset`` and ``zoom``:
+    :func:`draw_face`."""
     head = _random_head(rng)
+    if tuple(offset) != (0.0, 0.0) or zoom != 1.0:
+        # Drawn from the same random numbers, so the defaults leave every image as it was.
+        scale, middle = _CANVAS / FACE_SIZE, _CANVAS / 2
+        head = replace(
+            head,
+            cx=middle + (head.cx - middle) * zoom + offset[0] * scale,
+            cy=middle + (head.cy - middle) * zoom + offset[1] * scale,
+            a=head.a * zoom,
+            b=head.b * zoom,
+        )
     img = np.full((_CANVAS, _CANVAS), head.background, dtype=np.float32)
     cv2.ellipse(
         img,
@@ -144,6 +206,20 @@ def _draw(label: int, rng: np.random.Generator, regions: np.ndarray | None) -> n
     angle = rng.uniform(-10, 10)
     if regions is not None:
         regions[:] = _rotate(regions, head, angle, 0.0)
+    if head_mask is not None:
+        cv2.ellipse(
+            head_mask,
+            _pt(head.cx, head.cy),
+            _pt(head.a, head.b),
+            0,
+            0,
+            360,
+            1.0,
+            -1,
+            cv2.LINE_AA,
+            _SHIFT,
+        )
+        head_mask[:] = _rotate(head_mask, head, angle, 0.0)
     return _photograph(img, head, angle, rng)
 
 

@@ -1,18 +1,24 @@
 """Honest maps: on synthetic faces, whose drawing code knows where it put the features that
 decide the class, a briefly trained ResNet-18 puts at least twice as much of its class map's
-mass there as those regions' share of the face, and the same network with fresh weights does
-not; the same maps made uniform or shifted fail.
+mass there as those regions' share of the face crop, and the same network with fresh weights
+does not; the same maps made uniform, shifted, flipped up-down, mirrored or transposed fail,
+and so does a map that is just the head.
 
-The map is HiResCAM at the second stage (8x8 cells at the demo's 64 px). Grad-CAM at the last
-stage, the default, cannot pass at 64 px whatever the network learned: that stage is a 2x2
-grid (tests/unit/test_explain.py shows that the best possible 2x2 map stays under 1.5x).
+The faces are framed off the crop's centre, larger, at one of two anti-diagonal corners
+(tests/helpers/maps.py), and the network is trained on that framing: centred, the faces are
+nearly symmetric about the crop's centre and a flipped map lands on the features again.
 
-Flipped and transposed maps are not failures this measure can see: the faces are nearly
-symmetric about the crop's centre, up-down as well as left-right (brows at -0.46, mouth at
-+0.47 of the head's half height), so a map turned upside down lands on the features again
-(measured 2.94 against 2.89 for the map itself). The test prints those figures and does not
-assert on them; alignment errors of that kind are caught by the geometry tests
-(tests/unit/test_explain.py: a moved face moves its map, points land where crop_face puts them).
+Asserted: HiResCAM at the second stage (8x8 cells at the demo's 64 px). NOT asserted, only
+printed: the default map, Grad-CAM of the predicted class at the last stage, which at 64 px is
+a 2x2 grid; no 2x2 map can pass (tests/unit/test_explain.py). At 128 px (4x4 cells, where the
+best possible map reaches about 3 on these faces) a network trained at 64 px and fine-tuned at
+128 px gave Grad-CAM 1.36-1.38 against HiResCAM 3.66-4.04 on the same network: Grad-CAM's one
+weight per channel spreads the mass over the cells. So on small inputs the default map says
+next to nothing (0.99-1.00 below, uniform is 1); HiResCAM at the second stage is the one to read.
+
+Measured with seeds 0, 1, 2 (this test runs seed 0): accuracy 97%, 100%, 98%; HiResCAM trained
+2.30, 2.17, 2.19; fresh 1.21, 1.20, 1.01; every wrong map at most 1.84 (the head alone), flipped
+up-down 1.45-1.62, mirrored 0.78-0.87, transposed 0.91-1.08; Grad-CAM 0.99-1.00.
 """
 
 from __future__ import annotations
@@ -22,29 +28,38 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fer_lightning.data.synthetic import draw_face_with_regions, make_split
 from fer_lightning.faces.transforms import to_model_input
-from fer_lightning.inference.explain import HIRESCAM, explain_crops
-from fer_lightning.labels import EMOTIONS
+from fer_lightning.inference.explain import GRADCAM, HIRESCAM, explain_crops
 from fer_lightning.models import create_model
+from tests.helpers.maps import concentration, framed_faces
 
 pytestmark = pytest.mark.slow
 
-INPUT, STEPS, BATCH = 64, 200, 32
+# The demo's input, 64 px; 300 batches of 32.
+INPUT, STEPS, BATCH = 64, 300, 32
+TRAIN_FACES, TEST_FACES = 420, 140
+QUARTER = 12  # a quarter of the 48 px crop
+WRONG = (
+    "uniform",
+    "the head, uniformly",
+    "shifted down a quarter",
+    "shifted right a quarter",
+    "upside down",
+    "mirrored",
+    "transposed",
+)
 
 
-def concentration(maps: np.ndarray, regions: np.ndarray) -> float:
-    """Mean over faces of (share of the map's mass inside the regions) / (their share of the
-    face crop's area). 1: no better than uniform."""
-    share = (maps * regions).sum((1, 2)) / np.maximum(maps.sum((1, 2)), 1e-12)
-    return float((share / regions.mean((1, 2))).mean())
-
-
-def train_demo(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    faces, labels = make_split(60, np.random.default_rng(seed))
+def train_demo(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """``model`` trained on framed faces with AdamW: ``STEPS`` batches of ``BATCH`` at
+    ``INPUT``."""
+    faces, _, _, labels = framed_faces(TRAIN_FACES, np.random.default_rng(seed))
     x_all, y_all = torch.from_numpy(faces), torch.from_numpy(labels)
     generator = torch.Generator().manual_seed(seed)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    # The demo's optimiser: AdamW at 1e-3, cosine decay to 0 (a constant 2e-3 left one seed in
+    # three at 55% accuracy).
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, STEPS)
     model.train()
     for _ in range(STEPS):
         index = torch.randint(0, len(x_all), (BATCH,), generator=generator)
@@ -52,44 +67,56 @@ def train_demo(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
+        schedule.step()
     return model.eval()
 
 
-def test_trained_maps_fall_on_the_class_deciding_features_and_fresh_ones_do_not():
-    torch.manual_seed(0)
-    rng = np.random.default_rng(5)
-    drawn = [draw_face_with_regions(i % len(EMOTIONS), rng) for i in range(140)]
-    faces = np.stack([face for face, _ in drawn])
-    regions = np.stack([region for _, region in drawn]).astype(np.float32)
-    labels = np.arange(len(faces)) % len(EMOTIONS)
+def wrong_maps(maps: np.ndarray, heads: np.ndarray) -> dict[str, np.ndarray]:
+    """The maps (N, 48, 48) as a misaligned or a lazy method would give them (:data:`WRONG`):
+    uniform, the head's mask, shifted, flipped up-down, mirrored, transposed."""
+    wrong = (
+        np.ones_like(maps),
+        heads,
+        np.roll(maps, QUARTER, axis=1),
+        np.roll(maps, QUARTER, axis=2),
+        maps[:, ::-1, :],
+        maps[:, :, ::-1],
+        maps.transpose(0, 2, 1),
+    )
+    return dict(zip(WRONG, wrong, strict=True))
 
+
+def measure(seed: int) -> dict[str, float]:
+    """Accuracy and concentrations (1 = uniform) of a ResNet-18 trained with ``seed`` and of
+    the same network with fresh weights, on new framed faces."""
+    torch.manual_seed(seed)
+    trained = train_demo(create_model("resnet18"), seed)
     fresh = create_model("resnet18").eval()
-    trained = train_demo(create_model("resnet18"))
+    faces, regions, heads, labels = framed_faces(TEST_FACES, np.random.default_rng(1000 + seed))
+    probs, maps = explain_crops(trained, faces, INPUT)  # what users get: Grad-CAM, last stage
+    figures = {"accuracy": float((probs.argmax(1) == labels).mean())}
+    _, hires = explain_crops(trained, faces, INPUT, layer="layer2", method=HIRESCAM)
+    _, fresh_maps = explain_crops(fresh, faces, INPUT)
+    _, fresh_hires = explain_crops(fresh, faces, INPUT, layer="layer2", method=HIRESCAM)
+    for method, looked, unlearned in (
+        (GRADCAM, maps[GRADCAM], fresh_maps[GRADCAM]),
+        (HIRESCAM, hires[HIRESCAM], fresh_hires[HIRESCAM]),
+    ):
+        figures[f"{method} trained"] = concentration(looked, regions)
+        figures[f"{method} fresh"] = concentration(unlearned, regions)
+        for name, wrong in wrong_maps(looked, heads).items():
+            figures[f"{method} {name}"] = concentration(wrong, regions)
+    return figures
 
-    probs, maps = explain_crops(trained, faces, INPUT, layer="layer2", method=HIRESCAM)
-    accuracy = float((probs.argmax(1) == labels).mean())
-    assert accuracy > 0.8, f"the demo did not learn ({accuracy:.0%}): the test means nothing"
-    looked = maps[HIRESCAM]
-    trained_score = concentration(looked, regions)
-    _, fresh_maps = explain_crops(fresh, faces, INPUT, layer="layer2", method=HIRESCAM)
-    fresh_score = concentration(fresh_maps[HIRESCAM], regions)
-    print(f"concentration: trained {trained_score:.2f}, fresh {fresh_score:.2f}")
-    assert trained_score >= 2.0, (trained_score, fresh_score)
-    assert fresh_score < 2.0, (trained_score, fresh_score)
 
-    wrong = {
-        "uniform": np.ones_like(looked),
-        "shifted down a quarter": np.roll(looked, 12, axis=1),
-        "shifted right a quarter": np.roll(looked, 12, axis=2),
-    }
-    for name, maps_wrong in wrong.items():
-        score = concentration(maps_wrong, regions)
-        print(f"concentration, {name}: {score:.2f}")
-        assert score < 2.0, (name, score)
-    # Reported, not asserted (see the module's docstring).
-    for name, maps_symmetric in {
-        "upside down": looked[:, ::-1, :],
-        "mirrored": looked[:, :, ::-1],
-        "transposed": looked.transpose(0, 2, 1),
-    }.items():
-        print(f"concentration, {name}: {concentration(maps_symmetric, regions):.2f}")
+def test_trained_maps_fall_on_the_class_deciding_features_and_wrong_ones_do_not():
+    figures = measure(seed=0)
+    print("\n".join(f"{name}: {value:.2f}" for name, value in figures.items()))
+    accuracy = figures["accuracy"]
+    assert accuracy > 0.9, f"the demo did not learn ({accuracy:.0%}): the test means nothing"
+    # Asserted for HiResCAM at the second stage; the default Grad-CAM's figures are printed
+    # only (see the module's docstring).
+    assert figures[f"{HIRESCAM} trained"] >= 2.0, figures
+    assert figures[f"{HIRESCAM} fresh"] < 2.0, figures
+    for name in WRONG:
+        assert figures[f"{HIRESCAM} {name}"] < 2.0, (name, figures)

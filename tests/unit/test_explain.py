@@ -192,7 +192,8 @@ def test_framed_faces_let_region_mass_see_flips_and_the_head():
     """The mass test's framing (tests/helpers/maps.py) makes its wrong maps fail for the
     right reason: the best 4x4 map (the last stage at 128 px) is well over twice the
     features' share, and the same map flipped up-down, mirrored or transposed is under it, as
-    is a map that is the head itself (though not by much). Centred faces could not tell a flipped map apart."""
+    is a map that is the head itself (though not by much). Centred faces could not tell a
+    flipped map apart."""
     _, regions, heads, _ = framed_faces(70, np.random.default_rng(5))
     best = best_map(regions, 4)
     assert concentration(best, regions) > 2.5

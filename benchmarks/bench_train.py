@@ -137,11 +137,13 @@ def lightning_loop(
     return timer.steps * data.x.shape[1] / (timer.end - timer.start), timer.loss
 
 
-# name -> (precision, FERClassifier settings); the project's defaults are cpu_convs=True
-# (Winograd and tiny-map convolutions) and conf/optimizer/radam.yaml (the fused RAdam).
+# name -> (precision, FERClassifier settings); the project's defaults are cpu_convs=auto
+# (Winograd and tiny-map convolutions where they pay off: AVX2 CPUs) and
+# conf/optimizer/radam.yaml (the fused RAdam).
 CONFIGURATIONS = {
     "Lightning 32-true, project defaults": ("32-true", {}),
     "Lightning 32-true, defaults + channels_last": ("32-true", {"channels_last": True}),
+    "Lightning 32-true, defaults with CPU convs": ("32-true", {"cpu_convs": True}),
     "Lightning 32-true, defaults without CPU convs": ("32-true", {"cpu_convs": False}),
     "Lightning bf16-mixed, defaults": ("bf16-mixed", {}),
     "Lightning bf16-mixed, defaults + channels_last": ("bf16-mixed", {"channels_last": True}),

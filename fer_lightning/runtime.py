@@ -41,6 +41,23 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def cpu_convs_pay_off() -> bool:
+    """Whether the project's CPU convolutions (:mod:`fer_lightning.models.cpu_convs`) train
+    faster than oneDNN's here: on CPUs whose best vector unit is AVX2, where they were measured
+    1.2-1.9x per layer; not with AVX-512 (oneDNN's own kernels won there: 64 px training ran
+    1.33x faster without them) nor on CPUs not measured."""
+    return torch.backends.cpu.get_cpu_capability() == "AVX2"
+
+
+def resolve_cpu_convs(value: bool | str) -> bool:
+    """``model.cpu_convs``: ``true``, ``false`` or ``auto`` (where they pay off)."""
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() == "auto":
+        return cpu_convs_pay_off()
+    raise ValueError(f"model.cpu_convs={value!r}: use true, false or auto.")
+
+
 def has_native_bf16(device: torch.device) -> bool:
     """bf16 runs natively: CUDA compute capability 8.0 and up, or a CPU with AMX/AVX512-BF16."""
     if device.type == "cuda":

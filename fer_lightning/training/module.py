@@ -23,6 +23,7 @@ from fer_lightning.labels import EMOTIONS, NUM_CLASSES
 from fer_lightning.models import create_model
 from fer_lightning.models.cpu_convs import use_cpu_convs
 from fer_lightning.models.presets import check_input_size, default_input_size
+from fer_lightning.runtime import resolve_cpu_convs
 from fer_lightning.training.scoring import Predictions, metrics, tta_probabilities
 
 
@@ -103,8 +104,10 @@ class FERClassifier(pl.LightningModule):
         channels_last: store activations NHWC (faster convolutions on many CPUs and GPUs).
         cpu_convs: on the CPU, run fp32 3x3 convolutions with 128+ channels by Winograd's
             method and those on tiny maps as one matrix product
-            (:mod:`fer_lightning.models.cpu_convs`; the same numbers to fp32 rounding, faster
-            forward and backward). Not applied to a ``network`` passed in.
+            (:mod:`fer_lightning.models.cpu_convs`; the same numbers to fp32 rounding);
+            ``"auto"``: only where they are faster than oneDNN (AVX2 CPUs,
+            :func:`fer_lightning.runtime.cpu_convs_pay_off`). Not applied to a ``network``
+            passed in.
         compile: wrap the network in ``torch.compile``.
         tta: also report test accuracy over the 10 test-time augmentation views.
         training_data: what the network learns from, ``{"dataset": "synthetic", "synthetic":
@@ -130,7 +133,7 @@ class FERClassifier(pl.LightningModule):
         class_weights: str | Sequence[float] | None = None,
         label_smoothing: float = 0.0,
         channels_last: bool = False,
-        cpu_convs: bool = True,
+        cpu_convs: bool | str = "auto",
         compile: bool = False,
         tta: bool = True,
         training_data: Mapping[str, Any] | None = None,
@@ -151,7 +154,7 @@ class FERClassifier(pl.LightningModule):
                 "class_weights": _class_weights(plain(class_weights), num_classes),
                 "label_smoothing": label_smoothing,
                 "channels_last": channels_last,
-                "cpu_convs": cpu_convs,
+                "cpu_convs": cpu_convs if isinstance(cpu_convs, bool) else str(cpu_convs),
                 "compile": compile,
                 "tta": tta,
                 "training_data": _training_data(plain(training_data)),
@@ -178,7 +181,7 @@ class FERClassifier(pl.LightningModule):
             network = create_model(
                 hp.arch, num_classes=hp.num_classes, pretrained_backbone=hp.pretrained_backbone
             )
-            if hp.cpu_convs:
+            if resolve_cpu_convs(hp.cpu_convs):
                 use_cpu_convs(network)
         if hp.channels_last:
             network = network.to(memory_format=torch.channels_last)

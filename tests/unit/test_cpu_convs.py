@@ -151,3 +151,22 @@ def test_onednn_gets_the_smaller_of_input_and_weight_to_convert(monkeypatch):
         got = fast(x)
         torch.testing.assert_close(got, native(reference, x, reference.weight, None))
     assert layouts == [True, False]
+
+
+def test_cpu_convs_auto_follows_the_cpu_they_were_measured_faster_on(monkeypatch):
+    """``model.cpu_convs=auto`` (the default): on where the CPU's best vector unit is AVX2,
+    off with AVX-512 (oneDNN was faster there) and elsewhere; true and false are kept; anything
+    else is one clear error."""
+    from fer_lightning import runtime
+    from fer_lightning.training.module import FERClassifier
+
+    for capability, expected in (("AVX2", True), ("AVX512", False), ("DEFAULT", False)):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        assert runtime.resolve_cpu_convs("auto") is expected
+        module = FERClassifier(arch="resnet18", input_size=32)
+        converted = any(isinstance(m, cpu_convs.CPUConv2d) for m in module.net.modules())
+        assert converted is expected, capability
+        assert module.hparams.cpu_convs == "auto"
+    assert runtime.resolve_cpu_convs(True) is True and runtime.resolve_cpu_convs(False) is False
+    with pytest.raises(ValueError, match="use true, false or auto"):
+        runtime.resolve_cpu_convs("yes")

@@ -265,7 +265,7 @@ class PredictionFiles:
     def __init__(
         self, output_dir: Path, labels: tuple[str, ...], temperature: float | None = None
     ) -> None:
-        # Every face's line says whether its probabilities are softmax(logits / temperature)
+        # Every line says whether the run's probabilities are softmax(logits / temperature)
         # (the fitted temperature applied) or the raw softmax (null).
         self.temperature = temperature
         self.targets = (output_dir / PREDICTIONS_JSONL, output_dir / PREDICTIONS_CSV)
@@ -290,9 +290,7 @@ class PredictionFiles:
         try:
             self._current = self.targets[0]
             for row in rows:
-                line = _json_line(row)
-                if line["probs"] is not None:
-                    line["temperature"] = self.temperature
+                line = {**_json_line(row), "temperature": self.temperature}
                 self.jsonl.write(json.dumps(line) + "\n")
             self._current = self.targets[1]
             self.table.write([{k: v for k, v in row.items() if k != EXPLAIN_KEY} for row in rows])

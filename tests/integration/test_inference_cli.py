@@ -63,7 +63,8 @@ def test_folder_with_good_and_bad_files(checkpoint, tmp_path, capsys):
     lines = read_jsonl(out / "predictions.jsonl")
     per_source = {}
     for line in lines:
-        assert set(line) == {"source", "output", "face", "box", "score", "label", "probs"}
+        keys = {"source", "output", "face", "box", "score", "label", "probs", "temperature"}
+        assert set(line) == keys and line["temperature"] is None  # no fitted temperature
         if line["face"] is None:  # an image without a face keeps one row, its face empty
             assert line["box"] is None and line["label"] is None and line["probs"] is None
             per_source[line["source"]] = 0

@@ -77,11 +77,15 @@ def test_temperature_is_the_reference_fit_and_is_recorded(calibrated_run):
         options={"xatol": 1e-8},
     ).x
     assert temperature == pytest.approx(reference, rel=2e-3)
-    # On the split it was fitted on, calibration is no worse (ECE and NLL).
+    # On the split it was fitted on, the likelihood is no worse: that is what the fit optimises.
+    # The ECE usually falls too, but need not: on these 210 faces of a network trained for two
+    # epochs (timid: T < 1) it rose on one machine (0.077 -> 0.089, 15 bins), so it is reported
+    # here, and asserted where scaling has a real miscalibration to remove
+    # (tests/unit/test_calibration.py: over-confident logits, ECE 0.15+ -> under 0.05).
     before = calibration_scores(val.logits, y)
     after = calibration_scores(val.logits, y, temperature)
     assert after["nll"] <= before["nll"] + 1e-9
-    assert after["ece"] <= before["ece"] + 1e-6
+    print(f"fitting split: T {temperature:.4f}, ECE {before['ece']:.4f} -> {after['ece']:.4f}")
     # Recorded beside the weights: best.ckpt and model.pt, both loading with it.
     content = torch.load(results["best_checkpoint"], weights_only=True)
     assert content["calibration"]["temperature"] == temperature
